@@ -1,0 +1,24 @@
+"""maskops: task-masked matmul and convolution for PackNet/DGM-style multi-task networks."""
+from maskops import backends as _backends
+from maskops.backends import available_backends, use_backend
+from maskops.ops import masked_conv2d, masked_linear, task_conv2d, task_linear
+from maskops import nn
+from maskops.nn import convert, set_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "task_linear", "task_conv2d", "masked_linear", "masked_conv2d",
+    "nn", "convert", "set_task", "available_backends", "use_backend",
+]
+
+
+def __getattr__(name):
+    # Heavier layers load on first use so `import maskops` stays quick.
+    if name == "PackNet":
+        from maskops.packnet import PackNet
+        return PackNet
+    if name == "dgm":
+        import importlib
+        return importlib.import_module("maskops.dgm")
+    raise AttributeError(f"module 'maskops' has no attribute {name!r}")

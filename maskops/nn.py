@@ -1,0 +1,93 @@
+"""Drop-in replacements for nn.Linear and nn.Conv2d that run task-masked ops.
+
+Each layer is a subclass of the torch layer it replaces, with the same
+constructor, Parameters and state_dict keys, plus:
+    owner     uint8 buffer shaped like the weight (default all 1s: every weight
+              belongs to task 1, so a fresh or converted layer computes what the
+              plain layer computes)
+    task      int or (B,) integer tensor, default 1
+    out_mask  None or a (out,) / (B, out) tensor multiplying the output channels
+A state_dict without `owner` (a plain nn.Linear/nn.Conv2d one) loads with owner = 1s.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from maskops import ops
+
+
+class _TaskMasked:
+    """Owner buffer, task and out_mask shared by both layers."""
+
+    def _init_task_state(self):
+        self.register_buffer("owner", torch.ones(self.weight.shape, dtype=torch.uint8,
+                                                 device=self.weight.device))
+        self.task = 1
+        self.out_mask = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "owner"
+        if key not in state_dict:
+            state_dict = dict(state_dict)
+            state_dict[key] = torch.ones_like(self.owner)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, task={self.task if isinstance(self.task, int) else 'per-sample'}"
+
+
+class MaskedLinear(_TaskMasked, nn.Linear):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_task_state()
+
+    def forward(self, input):
+        return ops.task_linear(input, self.weight, self.owner, self.task, self.bias,
+                               out_mask=self.out_mask)
+
+
+class MaskedConv2d(_TaskMasked, nn.Conv2d):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype)
+        self._init_task_state()
+
+    def _conv_forward(self, input, weight, bias):
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return ops.task_conv2d(input, weight, self.owner, self.task, bias, self.stride, padding,
+                               self.dilation, self.groups, out_mask=self.out_mask)
+
+
+_REPLACEMENTS = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Turn every nn.Linear / nn.Conv2d of `model` into its masked layer, in place.
+
+    The modules keep their identity, Parameters, hooks and device; each gets an
+    `owner` of 1s, so the model's outputs are unchanged.  Returns `model`.
+    Subclasses of nn.Linear/nn.Conv2d other than the exact types are left alone,
+    since their forward may not go through `weight` the usual way.
+    """
+    for module in model.modules():
+        replacement = _REPLACEMENTS.get(type(module))
+        if replacement is not None:
+            module.__class__ = replacement
+            module._init_task_state()
+    return model
+
+
+def set_task(model: nn.Module, task) -> nn.Module:
+    """Set `task` (int or (B,) tensor) on every masked layer of `model`."""
+    for module in model.modules():
+        if isinstance(module, _TaskMasked):
+            module.task = task
+    return model
