@@ -19,6 +19,18 @@ def _tensor(name: str, value) -> torch.Tensor:
     return value
 
 
+def tensors(**named) -> None:
+    """Type-check arguments before they reach an op schema, whose own error names no argument."""
+    for name, value in named.items():
+        _tensor(name, value)
+
+
+def optional_tensors(**named) -> None:
+    for name, value in named.items():
+        if value is not None:
+            _tensor(name, value)
+
+
 def _same_device(name: str, value: torch.Tensor, x: torch.Tensor) -> None:
     if value.device != x.device:
         raise RuntimeError(f"{name} is on {value.device} but x is on {x.device}; "

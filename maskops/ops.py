@@ -8,6 +8,7 @@ graph is made of maskops ops too and traces under torch.compile.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import torch
@@ -19,6 +20,11 @@ from maskops.backends import Vis
 Task = Union[int, Tensor]
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(..., C) viewed as (rows, C); unlike reshape(-1, C) this works when C is 0."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
 def _row_task(tasks: Optional[Tensor], rows: int, device) -> Optional[Tensor]:
@@ -71,7 +77,7 @@ def _vis(mode, owner, mask, task, row_task) -> Vis:
 
 def _linear(x, weight, vis_mode, owner, mask, task, tasks, bias, out_mask):
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    x2 = _rows(x).contiguous()
     rows = x2.shape[0]
     vis = _vis(vis_mode, owner, mask, task, _row_task(tasks, rows, x.device))
     y = _backend(x2, weight.shape[0], weight.shape[1]).linear_forward(
@@ -264,12 +270,12 @@ def _out_mask_grad(grad, unmasked, out_mask, conv):
         product = product.sum(dim=(2, 3))
         return product.sum(0) if out_mask.dim() == 1 else product
     if out_mask.dim() == 1:
-        return product.reshape(-1, product.shape[-1]).sum(0)
+        return _rows(product).sum(0)
     return product.reshape(product.shape[0], -1, product.shape[-1]).sum(1)
 
 
 def _bias_grad(grad, conv):
-    return grad.sum(dim=(0, 2, 3)) if conv else grad.reshape(-1, grad.shape[-1]).sum(0)
+    return grad.sum(dim=(0, 2, 3)) if conv else _rows(grad).sum(0)
 
 
 def _setup_task(ctx, inputs, output):
@@ -289,7 +295,7 @@ def _grad_input(ctx, conv, grad, weight, mode, owner, mask, task, row_task, x_sh
     if conv:
         return conv2d_grad_input(grad, weight, mode, owner, mask, task, row_task,
                                  list(x_shape), *ctx.conv_args)
-    g2 = grad.reshape(-1, grad.shape[-1])
+    g2 = _rows(grad)
     return linear_grad_input(g2, weight, mode, owner, mask, task, row_task).reshape(x_shape)
 
 
@@ -297,14 +303,14 @@ def _grad_weight(ctx, conv, grad, x, weight, mode, owner, mask, task, row_task):
     if conv:
         return conv2d_grad_weight(grad, x, mode, owner, mask, task, row_task,
                                   list(weight.shape), *ctx.conv_args)
-    return linear_grad_weight(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]),
+    return linear_grad_weight(_rows(grad), _rows(x),
                               mode, owner, mask, task, row_task)
 
 
 def _row_task_for(x, tasks, conv):
     if tasks is None:
         return None
-    rows = x.shape[0] if conv else x.reshape(-1, x.shape[-1]).shape[0]
+    rows = x.shape[0] if conv else _rows(x).shape[0]
     return _row_task(tasks, rows, x.device)
 
 
@@ -372,9 +378,10 @@ torch.library.register_autograd("maskops::masked_conv2d",
 def _split_task(task: Task):
     """(int task, per-sample tensor or None) from the public `task` argument."""
     if isinstance(task, torch.Tensor):
-        if task.dim() == 0:
+        if task.dim() == 0 and not (task.is_floating_point() or task.dtype == torch.bool):
             return int(task), None
         return 0, task
+    checks.task(task, None, None, None)
     return task, None
 
 
@@ -417,6 +424,8 @@ def _unbatched(x, conv):
 def task_linear(x: Tensor, weight: Tensor, owner: Tensor, task: Task, bias: Optional[Tensor] = None,
                 *, out_mask: Optional[Tensor] = None) -> Tensor:
     """y = x @ (weight * visible(owner, task)).T + bias, times out_mask; task int or (B,) tensor."""
+    checks.tensors(x=x, weight=weight, owner=owner)
+    checks.optional_tensors(bias=bias, out_mask=out_mask)
     task_id, tasks = _split_task(task)
     return torch.ops.maskops.task_linear(x, weight, owner, task_id, tasks, bias, out_mask)
 
@@ -424,6 +433,8 @@ def task_linear(x: Tensor, weight: Tensor, owner: Tensor, task: Task, bias: Opti
 def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor] = None, *,
                   out_mask: Optional[Tensor] = None, trainable: Optional[Tensor] = None) -> Tensor:
     """y = x @ (weight * mask).T + bias, times out_mask.  `trainable` limits weight gradients."""
+    checks.tensors(x=x, weight=weight, mask=mask)
+    checks.optional_tensors(bias=bias, out_mask=out_mask, trainable=trainable)
     return torch.ops.maskops.masked_linear(x, weight, mask, trainable, bias, out_mask)
 
 
@@ -431,6 +442,8 @@ def task_conv2d(x: Tensor, weight: Tensor, owner: Tensor, task: Task, bias: Opti
                 stride=1, padding=0, dilation=1, groups: int = 1, *,
                 out_mask: Optional[Tensor] = None) -> Tensor:
     """F.conv2d with weight * visible(owner, task); task int or (B,) tensor."""
+    checks.tensors(x=x, weight=weight, owner=owner)
+    checks.optional_tensors(bias=bias, out_mask=out_mask)
     task_id, tasks = _split_task(task)
     unbatched = _unbatched(x, conv=True)
     if unbatched:
@@ -444,6 +457,8 @@ def masked_conv2d(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor
                   stride=1, padding=0, dilation=1, groups: int = 1, *,
                   out_mask: Optional[Tensor] = None, trainable: Optional[Tensor] = None) -> Tensor:
     """F.conv2d with weight * mask.  `trainable` limits weight gradients."""
+    checks.tensors(x=x, weight=weight, mask=mask)
+    checks.optional_tensors(bias=bias, out_mask=out_mask, trainable=trainable)
     unbatched = _unbatched(x, conv=True)
     if unbatched:
         x = x.unsqueeze(0)

@@ -97,8 +97,9 @@ def available_backends() -> list[str]:
 def use_backend(name: str):
     """Run maskops ops in this thread with backend `name` (None: automatic choice)."""
     if name is not None:
-        backend = get(name)
-        if not backend.available():
+        if name not in _MODULES:
+            raise ValueError(f"unknown backend {name!r}; known: {sorted(_MODULES)}")
+        if name not in available_backends():
             raise RuntimeError(f"maskops backend {name!r} is not available here; "
                                f"available: {available_backends()}")
     previous = getattr(_state, "name", None)

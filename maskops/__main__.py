@@ -1,0 +1,5 @@
+import sys
+
+from maskops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runnable demos: `maskops demo [basic|packnet|dgm]`."""

@@ -1,0 +1,276 @@
+"""The four public ops against maskops.reference, on every CPU backend."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import maskops
+from maskops import reference
+from tests.helpers import assert_close_all, cpu_backends, grads, owner_map
+
+BACKENDS = cpu_backends()
+DTYPES = [torch.float32, torch.float64]
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _leaf(t, dtype, grad=True):
+    return t.to(dtype).detach().requires_grad_(grad)
+
+
+@st.composite
+def linear_problems(draw):
+    batch = draw(st.integers(0, 5))
+    inner = draw(st.sampled_from([(), (3,), (2, 2)]))
+    n, k = draw(st.integers(1, 19)), draw(st.integers(1, 23))
+    per_sample = draw(st.booleans()) and batch > 0
+    out_mask = draw(st.sampled_from([None, "channel", "sample"]))
+    if out_mask == "sample" and batch == 0:
+        out_mask = "channel"
+    return dict(batch=batch, inner=inner, n=n, k=k, per_sample=per_sample,
+                bias=draw(st.booleans()), out_mask=out_mask, task=draw(st.integers(1, 3)),
+                transposed_x=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+def _build_linear(p, dtype):
+    g = torch.Generator().manual_seed(p["seed"])
+    shape = (p["batch"], *p["inner"], p["k"])
+    x = torch.randn(shape, generator=g)
+    if p["transposed_x"] and len(shape) >= 2:
+        x = torch.randn(shape[:-2] + (shape[-1], shape[-2]), generator=g).transpose(-1, -2)
+    x = _leaf(x, dtype)
+    w = _leaf(torch.randn(p["n"], p["k"], generator=g), dtype)
+    owner = owner_map((p["n"], p["k"]), generator=g)
+    task = torch.randint(1, 4, (p["batch"],), generator=g) if p["per_sample"] else p["task"]
+    b = _leaf(torch.randn(p["n"], generator=g), dtype) if p["bias"] else None
+    om = None
+    if p["out_mask"] == "channel":
+        om = (torch.rand(p["n"], generator=g) > 0.3).to(dtype)
+    elif p["out_mask"] == "sample":
+        om = _leaf(torch.rand(p["batch"], p["n"], generator=g), dtype)
+    return x, w, owner, task, b, om
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(p=linear_problems())
+def test_task_linear_matches_reference(backend, dtype, p):
+    x, w, owner, task, b, om = _build_linear(p, dtype)
+    with maskops.use_backend(backend):
+        y = maskops.task_linear(x, w, owner, task, b, out_mask=om)
+    expected = reference.task_linear(x, w, owner, task, b, out_mask=om)
+    assert y.shape == expected.shape
+    inputs = [x, w, b, om]
+    assert_close_all([y] + grads(y, inputs), [expected] + grads(expected, inputs), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", ["bool", "uint8", "soft"])
+@SETTINGS
+@given(p=linear_problems())
+def test_masked_linear_matches_reference(backend, dtype, mask_kind, p):
+    x, w, _, _, b, om = _build_linear(p, dtype)
+    g = torch.Generator().manual_seed(p["seed"] + 1)
+    mask = torch.rand(w.shape, generator=g)
+    mask = _leaf(mask, dtype) if mask_kind == "soft" else (mask > 0.4).to(getattr(torch, mask_kind))
+    trainable = (torch.rand(w.shape, generator=g) > 0.5) if p["per_sample"] else None
+    with maskops.use_backend(backend):
+        y = maskops.masked_linear(x, w, mask, b, out_mask=om, trainable=trainable)
+    expected = reference.masked_linear(x, w, mask, b, out_mask=om, trainable=trainable)
+    inputs = [x, w, b, om, mask if mask.requires_grad else None]
+    assert_close_all([y] + grads(y, inputs), [expected] + grads(expected, inputs), dtype)
+
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = draw(st.sampled_from(["int", "pair", "same", "valid"]))
+    if padding == "same":
+        stride = (1, 1)
+    padding = {"int": draw(st.integers(0, 2)), "pair": (draw(st.integers(0, 2)), draw(st.integers(0, 1))),
+               "same": "same", "valid": "valid"}[padding]
+    h = draw(st.integers(dilation[0] * (kh - 1) + 1, 9))
+    w = draw(st.integers(dilation[1] * (kw - 1) + 1, 9))
+    batch = draw(st.integers(0, 3))
+    return dict(groups=groups, cin=cin, cout=cout, kernel=(kh, kw), stride=stride,
+                dilation=dilation, padding=padding, hw=(h, w), batch=batch,
+                per_sample=draw(st.booleans()) and batch > 0,
+                channels_last=draw(st.booleans()), bias=draw(st.booleans()),
+                out_mask=draw(st.sampled_from([None, "channel", "sample"])) if batch else None,
+                task=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)))
+
+
+def _build_conv(p, dtype):
+    g = torch.Generator().manual_seed(p["seed"])
+    x = torch.randn(p["batch"], p["cin"], *p["hw"], generator=g).to(dtype)
+    if p["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.detach().requires_grad_()
+    wshape = (p["cout"], p["cin"] // p["groups"], *p["kernel"])
+    w = _leaf(torch.randn(wshape, generator=g), dtype)
+    owner = owner_map(wshape, generator=g)
+    task = torch.randint(1, 4, (p["batch"],), generator=g) if p["per_sample"] else p["task"]
+    b = _leaf(torch.randn(p["cout"], generator=g), dtype) if p["bias"] else None
+    om = {None: None,
+          "channel": (torch.rand(p["cout"], generator=g) > 0.3).to(dtype),
+          "sample": _leaf(torch.rand(p["batch"], p["cout"], generator=g), dtype)}[p["out_mask"]]
+    geometry = (p["stride"], p["padding"], p["dilation"], p["groups"])
+    return x, w, owner, task, b, om, geometry
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(p=conv_problems())
+def test_task_conv2d_matches_reference(backend, dtype, p):
+    x, w, owner, task, b, om, geometry = _build_conv(p, dtype)
+    with maskops.use_backend(backend):
+        y = maskops.task_conv2d(x, w, owner, task, b, *geometry, out_mask=om)
+    expected = reference.task_conv2d(x, w, owner, task, b, *geometry, out_mask=om)
+    assert y.shape == expected.shape
+    if p["channels_last"] and x.shape[0] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    inputs = [x, w, b, om]
+    assert_close_all([y] + grads(y, inputs), [expected] + grads(expected, inputs), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@SETTINGS
+@given(p=conv_problems(), soft=st.booleans())
+def test_masked_conv2d_matches_reference(backend, p, soft):
+    dtype = torch.float64
+    x, w, _, _, b, om, geometry = _build_conv(p, dtype)
+    mask = torch.rand(w.shape, generator=torch.Generator().manual_seed(p["seed"]))
+    mask = _leaf(mask, dtype) if soft else mask > 0.5
+    with maskops.use_backend(backend):
+        y = maskops.masked_conv2d(x, w, mask, b, *geometry, out_mask=om)
+    expected = reference.masked_conv2d(x, w, mask, b, *geometry, out_mask=om)
+    inputs = [x, w, b, om, mask if soft else None]
+    assert_close_all([y] + grads(y, inputs), [expected] + grads(expected, inputs), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_grad_is_exactly_zero_outside_trainable(backend):
+    x = torch.randn(6, 4, 33, dtype=torch.float32)
+    w = torch.randn(17, 33, requires_grad=True)
+    owner = owner_map(w.shape)
+    tasks = torch.tensor([1, 3, 2, 3, 1, 2])
+    with maskops.use_backend(backend):
+        (gw,) = torch.autograd.grad(maskops.task_linear(x, w, owner, tasks).sum(), [w])
+        (gw2,) = torch.autograd.grad(maskops.task_linear(x, w, owner, 2).sum(), [w])
+    assert torch.all(gw[owner == 0] == 0)
+    assert torch.all(gw2[owner != 2] == 0)
+    assert torch.count_nonzero(gw2[owner == 2]) > 0
+    for t in (1, 2, 3):  # each task's own weights get exactly that task's rows' gradient
+        rows = x[tasks == t].reshape(-1, 33)
+        torch.testing.assert_close(gw[owner == t], (torch.ones(rows.shape[0], 17).t() @ rows)[owner == t])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_fp64(backend):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    om = torch.rand(3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    # Owner of only {0, t}: there the visible and trainable sets agree, so the
+    # restricted weight gradient is the true derivative.
+    owner = (torch.randint(0, 2, w.shape, generator=g) * 2).to(torch.uint8)
+    soft = torch.rand(w.shape, dtype=torch.float64, generator=g, requires_grad=True)
+    xc = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    wc = torch.randn(6, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    oc = (torch.randint(0, 2, wc.shape, generator=g) * 2).to(torch.uint8)
+    softc = torch.rand(wc.shape, dtype=torch.float64, generator=g, requires_grad=True)
+    bc = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    with maskops.use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, om: maskops.task_linear(x, w, owner, torch.tensor([2, 2, 2]), b, out_mask=om),
+            (x, w, b, om))
+        assert torch.autograd.gradcheck(
+            lambda x, w, m, b: maskops.masked_linear(x, w, m, b), (x, w, soft, b))
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: maskops.task_conv2d(x, w, oc, 2, b, 2, 1, 1, 2), (xc, wc, bc))
+        assert torch.autograd.gradcheck(
+            lambda x, w, m: maskops.masked_conv2d(x, w, m, None, 1, "same", 2, 2), (xc, wc, softc))
+
+
+def _opcheck_samples():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, generator=g, requires_grad=True)
+    w = torch.randn(4, 5, generator=g, requires_grad=True)
+    owner = owner_map(w.shape, generator=g)
+    b = torch.randn(4, generator=g, requires_grad=True)
+    xc = torch.randn(2, 4, 6, 6, generator=g, requires_grad=True)
+    wc = torch.randn(4, 2, 3, 3, generator=g, requires_grad=True)
+    oc = owner_map(wc.shape, generator=g)
+    geo = ([1, 1], [1, 1], [1, 1], 2)
+    tasks = torch.tensor([1, 3, 2])
+    grad, gradc = torch.randn(3, 4, generator=g), torch.randn(2, 4, 6, 6, generator=g)
+    rows = tasks.to(torch.int32)
+    ops = torch.ops.maskops
+    # The backward ops run in backward passes; they have no derivative of their own.
+    w0, x0, wc0, xc0 = w.detach(), x.detach(), wc.detach(), xc.detach()
+    return [
+        (ops.task_linear.default, (x, w, owner, 2, None, b, None)),
+        (ops.task_linear.default, (x, w, owner, 0, tasks, b, torch.rand(3, 4, requires_grad=True))),
+        (ops.masked_linear.default, (x, w, torch.rand(4, 5, requires_grad=True), None, b, None)),
+        (ops.task_conv2d.default, (xc, wc, oc, 3, None, None, torch.rand(4), *geo)),
+        (ops.masked_conv2d.default, (xc, wc, oc > 1, None, b, None, *geo)),
+        (ops.linear_grad_input.default, (grad, w0, "visible", owner, None, 0, rows)),
+        (ops.linear_grad_weight.default, (grad, x0, "trainable", owner, None, 2, None)),
+        (ops.conv2d_grad_input.default, (gradc, wc0, "visible", oc, None, 2, None, [2, 4, 6, 6], *geo)),
+        (ops.conv2d_grad_weight.default, (gradc, xc0, "mask", None, oc > 0, 1, None, list(wc.shape), *geo)),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", range(9))
+def test_opcheck(backend, case):
+    op, args = _opcheck_samples()[case]
+    with maskops.use_backend(backend):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs(backend):
+    w = torch.randn(4, 5, requires_grad=True)
+    owner = owner_map(w.shape)
+    with maskops.use_backend(backend):
+        y = maskops.task_linear(torch.randn(0, 5), w, owner, torch.zeros(0, dtype=torch.long))
+        assert y.shape == (0, 4)
+        (gw,) = torch.autograd.grad(y.sum(), [w])
+        assert torch.equal(gw, torch.zeros_like(w))
+        yc = maskops.task_conv2d(torch.randn(0, 2, 5, 5), torch.randn(3, 2, 3, 3), owner_map((3, 2, 3, 3)), 1)
+        assert yc.shape == (0, 3, 3, 3)
+        assert maskops.task_linear(torch.randn(2, 0), torch.randn(3, 0), owner_map((3, 0)), 1).shape == (2, 3)
+
+
+def test_unbatched_inputs():
+    w, owner = torch.randn(4, 5), owner_map((4, 5))
+    x = torch.randn(5)
+    torch.testing.assert_close(maskops.task_linear(x, w, owner, 2), reference.task_linear(x, w, owner, 2))
+    wc, oc = torch.randn(3, 2, 3, 3), owner_map((3, 2, 3, 3))
+    xc = torch.randn(2, 6, 6)
+    torch.testing.assert_close(maskops.task_conv2d(xc, wc, oc, 2, padding=1),
+                               reference.task_conv2d(xc, wc, oc, 2, padding=1))
+
+
+def test_compile_fullgraph_forward_and_backward():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+    maskops.convert(model)
+    for layer in (model[0], model[3]):
+        layer.owner.copy_(owner_map(layer.weight.shape))
+    maskops.set_task(model, 2)
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    torch.testing.assert_close(y, expected)
+    y.sum().backward()
+    grad = model[3].weight.grad
+    assert torch.all(grad[model[3].owner != 2] == 0) and torch.count_nonzero(grad) > 0
