@@ -18,7 +18,7 @@ def __getattr__(name):
     if name == "PackNet":
         from maskops.packnet import PackNet
         return PackNet
-    if name == "dgm":
+    if name in ("dgm", "packnet"):
         import importlib
-        return importlib.import_module("maskops.dgm")
+        return importlib.import_module(f"maskops.{name}")
     raise AttributeError(f"module 'maskops' has no attribute {name!r}")

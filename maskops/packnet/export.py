@@ -1,0 +1,57 @@
+"""A plain-torch copy of a PackNet model that computes one task: PackNet.export(t)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from maskops import reference
+from maskops.nn import MaskedConv2d, MaskedLinear
+from maskops.packnet.modules import PLAIN_BATCHNORM, TaskHeads
+
+_PLAIN_LAYER = {MaskedLinear: nn.Linear, MaskedConv2d: nn.Conv2d}
+
+
+def plain_copy(model: nn.Module, task: int, values: dict[tuple[str, str], torch.Tensor]) -> nn.Module:
+    """Deep copy of `model` for `task`, in eval mode, made of torch layers only.
+
+    `values` maps (module name, tensor name) to the task's value of each per-task tensor.
+    Masked layers become nn.Linear / nn.Conv2d holding weight * visible(owner, task);
+    PackNet's BatchNorm becomes the torch class; TaskHeads becomes the task's nn.Linear.
+    """
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for (module_name, name), value in values.items():
+            getattr(out.get_submodule(module_name), name).copy_(value)
+        for name, module in list(out.named_modules()):
+            if type(module) in _PLAIN_LAYER:
+                _plain_layer(module, task)
+            elif type(module) in PLAIN_BATCHNORM:
+                module.__dict__.pop("frozen", None)
+                module.__class__ = PLAIN_BATCHNORM[type(module)]
+            elif isinstance(module, TaskHeads):
+                head = module.heads[task - 1]
+                head.__class__ = nn.Linear
+                if not name:
+                    return head.eval()
+                parent, _, child = name.rpartition(".")
+                setattr(out.get_submodule(parent), child, head)
+    return out.eval()
+
+
+def _plain_layer(layer: nn.Module, task: int) -> None:
+    weight = layer.weight
+    weight.mul_(reference.visible(layer.owner, task).to(weight.dtype))
+    if layer.out_mask is not None:
+        # (x W^T + b) * m = x (m W)^T + m b for a per-channel mask; a per-sample one cannot be folded.
+        if layer.out_mask.dim() != 1:
+            raise ValueError("export needs out_mask to be None or per channel (1-D), not per sample")
+        scale = layer.out_mask.to(weight.dtype)
+        weight.mul_(scale.reshape(-1, *([1] * (weight.dim() - 1))))
+        if layer.bias is not None:
+            layer.bias.mul_(scale)
+    del layer._buffers["owner"]
+    for attribute in ("task", "out_mask"):
+        layer.__dict__.pop(attribute, None)
+    layer.__class__ = _PLAIN_LAYER[type(layer)]

@@ -1,0 +1,341 @@
+"""PackNet (Mallya & Lazebnik, CVPR 2018): several tasks packed into one network.
+
+Task t trains the free weights, prunes a fraction of its own by magnitude (per
+layer), retrains, and freezes; inference for task t uses the weights of tasks
+1..t.  The `owner` maps of the masked layers say which task owns each weight
+(0: free or pruned); the maskops ops read them, so switching tasks touches no
+weight and the backward already gives frozen and pruned weights zero gradient.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from maskops import checks
+from maskops.nn import MaskedConv2d, MaskedLinear, convert
+from maskops.packnet import checkpoint, guard
+from maskops.packnet.export import plain_copy
+from maskops.packnet.modules import TaskHeads, convert_batchnorm
+from maskops.packnet.tracked import MaskedWeight, Owned, PerTask
+
+POLICIES = ("per_task", "frozen")
+
+
+class PackNet:
+    """Manage the tasks of `model`, converted in place by `maskops.convert`.
+
+    Args:
+        model: any nn.Module; its nn.Linear/nn.Conv2d become masked layers and its
+            nn.BatchNorm1d/2d/3d become TaskBatchNorm (same Parameters).  Every
+            weight starts free.
+        prune_ratio: fraction of a task's weights that `prune()` frees, per layer;
+            a float, or one float per task (0 leaves that task unpruned, as the paper
+            does for the last task).
+        bias: 'per_task' (default): biases and every other parameter that is not a
+            masked weight or BatchNorm keep one value per task; 'frozen': trained by
+            task 1, frozen after it (the paper's setting).
+        batchnorm: the same choice for BatchNorm affine parameters and running
+            statistics.
+
+    Parameters of TaskHeads head t belong to task t.  After every torch.optim
+    step over any of the model's parameters, whatever a finished task depends on
+    is restored bit for bit; no call is needed from the user.  This lasts while
+    the PackNet object lives, or until `close()`.  Select tasks with `set_task`
+    (not `maskops.set_task`, which does not switch per-task state).
+    """
+
+    def __init__(self, model: nn.Module, prune_ratio: Union[float, Sequence[float]] = 0.5, *,
+                 bias: str = "per_task", batchnorm: str = "per_task"):
+        for name, policy in (("bias", bias), ("batchnorm", batchnorm)):
+            if policy not in POLICIES:
+                raise ValueError(f"{name} must be one of {POLICIES}, got {policy!r}")
+        self.prune_ratio = _check_ratios(prune_ratio)
+        self.bias, self.batchnorm = bias, batchnorm
+        self.model = convert(model)
+        self._batchnorms = convert_batchnorm(model)
+        self._layers = [m for m in model.modules() if isinstance(m, (MaskedLinear, MaskedConv2d))]
+        self._heads = [m for m in model.modules() if isinstance(m, TaskHeads)]
+        with torch.no_grad():
+            for layer in self._layers:
+                layer.owner.zero_()
+        self._masked = [MaskedWeight(layer) for layer in self._layers]
+        self._per_task: list[PerTask] = []
+        self._owned: list[Owned] = []
+        self._track_whole_tensors()
+        self._num_tasks = 0
+        self._active: Optional[int] = None
+        self._task: Union[int, torch.Tensor, None] = None
+        self._unwatch = guard.watch(self)
+
+    # ------------------------------------------------------------------ task lifecycle
+
+    @property
+    def num_tasks(self) -> int:
+        """Tasks begun so far; valid task ids are 1..num_tasks."""
+        return self._num_tasks
+
+    @property
+    def active_task(self) -> Optional[int]:
+        """The task being trained (between begin_task and end_task), else None."""
+        return self._active
+
+    @property
+    def task(self):
+        """The selected task (int or per-sample tensor), None before the first task."""
+        return self._task
+
+    @torch.no_grad()
+    def begin_task(self) -> int:
+        """Give every free weight to a new task, select it, and return its id (from 1)."""
+        if self._active is not None:
+            raise RuntimeError(f"task {self._active} is still being trained; call end_task() first")
+        task = self._num_tasks + 1
+        if task > checks.MAX_TASK:
+            raise RuntimeError(f"PackNet supports at most {checks.MAX_TASK} tasks (uint8 owners)")
+        for heads in self._heads:
+            if task > len(heads.heads):
+                raise ValueError(f"task {task} has no head: TaskHeads has {len(heads.heads)}")
+        free = sum(int((layer.owner == 0).sum()) for layer in self._layers)
+        if self._layers and free == 0:
+            warnings.warn(f"task {task} starts with no free weight; call prune() before end_task()",
+                          RuntimeWarning, stacklevel=2)
+        self._restore_all()
+        for tracked in self._per_task:
+            tracked.add_task()
+        for layer in self._layers:
+            layer.owner.masked_fill_(layer.owner == 0, task)
+        self._num_tasks, self._active = task, task
+        self._select(task)
+        for weight in self._masked:
+            weight.protect(task)
+        return task
+
+    @torch.no_grad()
+    def prune(self, ratio: Optional[float] = None) -> dict[str, int]:
+        """Free the smallest-magnitude `ratio` of the active task's weights in each layer.
+
+        round(ratio * n) of the n weights the task owns in a layer are set to zero and
+        given back (owner 0); ties go to the lower index.  Default ratio: the
+        constructor's for this task.  Returns the number pruned per layer name.
+        """
+        task = self._require_active("prune")
+        ratio = self._ratio(task) if ratio is None else _check_ratio(ratio)
+        names = self._module_names()
+        pruned = {}
+        for layer, weight in zip(self._layers, self._masked):
+            mine = (layer.owner == task).flatten().nonzero().flatten()
+            count = round(ratio * mine.numel())
+            magnitude = layer.weight.detach().flatten()[mine].abs()
+            drop = torch.zeros(layer.owner.shape, dtype=torch.bool, device=layer.owner.device)
+            drop.view(-1)[mine[torch.argsort(magnitude, stable=True)[:count]]] = True
+            layer.owner.masked_fill_(drop, 0)
+            layer.weight.masked_fill_(drop, 0)
+            weight.protect(task)
+            pruned[names[id(layer)]] = count
+        return pruned
+
+    @torch.no_grad()
+    def end_task(self) -> None:
+        """Freeze the active task: nothing its outputs depend on changes from now on."""
+        task = self._require_active("end_task")
+        self._stash()
+        for tracked in self._owned:
+            tracked.end_task(task)
+        self._active = None
+        self._sync_frozen()
+        for weight in self._masked:
+            weight.protect(None)
+
+    def set_task(self, task) -> None:
+        """Compute task `task` (1..num_tasks): loads its per-task state; no weight is touched.
+
+        A (B,) integer tensor runs each sample with its own task; that needs
+        bias='frozen' and batchnorm='frozen' (no per-task state to switch).
+        """
+        if isinstance(task, torch.Tensor) and task.dim() == 1:
+            if self._per_task:
+                raise ValueError("per-sample tasks need PackNet(..., bias='frozen', batchnorm='frozen'): "
+                                 "per-task biases and BatchNorm hold one task at a time")
+            if task.numel():
+                self._check_task(int(task.min()))
+                self._check_task(int(task.max()))
+        else:
+            task = self._check_task(task)
+        with torch.no_grad():
+            self._select(task)
+
+    def usage(self) -> dict[int, int]:
+        """Number of masked weights owned by each task (0: free)."""
+        counts: dict[int, int] = {}
+        for layer in self._layers:
+            values, sizes = torch.unique(layer.owner, return_counts=True)
+            for value, size in zip(values.tolist(), sizes.tolist()):
+                counts[value] = counts.get(value, 0) + size
+        return dict(sorted(counts.items()))
+
+    def export(self, task: int) -> nn.Module:
+        """A deep copy in eval mode, of plain torch layers, that computes task `task`.
+
+        Masked weights become dense `weight * visible`; per-task biases and BatchNorm
+        take that task's values; TaskHeads becomes that task's nn.Linear.
+        """
+        task = self._check_task(task)
+        self._stash()
+        names = self._module_names()
+        values = {(names[id(t.module)], t.name): t.values[task - 1] for t in self._per_task}
+        return plain_copy(self.model, task, values)
+
+    def close(self) -> None:
+        """Stop protecting finished tasks (the optimizer hook goes when no PackNet is left)."""
+        self._unwatch()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path) -> None:
+        """Write the model, owners and per-task state to `path` (atomically)."""
+        self._stash()
+        checkpoint.write(path, {
+            "config": {"prune_ratio": self.prune_ratio, "bias": self.bias, "batchnorm": self.batchnorm},
+            "num_tasks": self._num_tasks,
+            "active": self._active,
+            "task": self._task if isinstance(self._task, int) else None,
+            "model": self.model.state_dict(),
+            "tracked": {key: tracked.state() for key, tracked in self._keyed().items()},
+        })
+
+    @classmethod
+    def load(cls, path, model: nn.Module, map_location=None) -> "PackNet":
+        """Rebuild a saved PackNet on `model`, a freshly built (unconverted) architecture."""
+        if map_location is None:
+            first = next(model.parameters(), None)
+            map_location = first.device if first is not None else "cpu"
+        payload = checkpoint.read(path, map_location)
+        net = cls(model, **payload["config"])
+        net.model.load_state_dict(payload["model"])
+        keyed, stored = net._keyed(), payload["tracked"]
+        if set(keyed) != set(stored):
+            raise ValueError(f"{path!r} does not match this model: it tracks {sorted(stored)}, "
+                             f"the model has {sorted(keyed)}")
+        for key, tracked in keyed.items():
+            tracked.load_state(stored[key])
+        net._num_tasks, net._active = payload["num_tasks"], payload["active"]
+        with torch.no_grad():
+            if payload["task"] is not None:
+                net._select(payload["task"])
+            for weight in net._masked:
+                weight.protect(net._active)
+        return net
+
+    # ------------------------------------------------------------------ internals
+
+    def _track_whole_tensors(self) -> None:
+        """Sort every tensor that is not a masked weight into PerTask or Owned."""
+        masked_weights = {id(layer.weight) for layer in self._layers}
+        head_task = {id(head): t for heads in self._heads for t, head in enumerate(heads.heads, 1)}
+        batchnorms = {id(bn) for bn in self._batchnorms}
+        seen = set(masked_weights)
+        for module in self.model.modules():
+            if id(module) in head_task:
+                policy, owner = "owned", head_task[id(module)]
+            elif id(module) in batchnorms:
+                policy, owner = self.batchnorm, 1
+            else:
+                policy, owner = self.bias, 1
+            tensors = list(module.named_parameters(recurse=False))
+            if id(module) in batchnorms:
+                tensors += [(n, b) for n, b in module.named_buffers(recurse=False) if b is not None]
+            for name, tensor in tensors:
+                if id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                if policy == "per_task":
+                    self._per_task.append(PerTask(module, name))
+                else:
+                    self._owned.append(Owned(module, name, owner))
+
+    def _select(self, task) -> None:
+        """Make `task` the computed task: per-task state in, layer tasks set."""
+        if self._per_task and task != self._task:
+            self._stash()
+            for tracked in self._per_task:
+                tracked.load(task)
+        self._task = task
+        for module in self._layers + self._heads:
+            module.task = task
+        self._sync_frozen()
+
+    def _stash(self) -> None:
+        """Store the live per-task values of the active task if it is the selected one."""
+        if self._training_selected():
+            for tracked in self._per_task:
+                tracked.store(self._active)
+
+    def _training_selected(self) -> bool:
+        return self._active is not None and isinstance(self._task, int) and self._task == self._active
+
+    def _sync_frozen(self) -> None:
+        training = self._training_selected()
+        for tracked in self._per_task:
+            tracked.frozen_task = None if training else self._task
+        for bn in self._batchnorms:
+            bn.frozen = self._active != 1 if self.batchnorm == "frozen" else not training
+
+    def _restore_all(self) -> None:
+        for tracked in self._masked + self._per_task + self._owned:
+            tracked.restore()
+
+    def _after_step(self, param_ids: set[int]) -> None:
+        with torch.no_grad():
+            for tracked in self._masked + self._per_task + self._owned:
+                if id(tracked.live) in param_ids:
+                    tracked.restore()
+
+    def _require_active(self, action: str) -> int:
+        if self._active is None:
+            raise RuntimeError(f"{action}() needs an active task; call begin_task() first")
+        return self._active
+
+    def _check_task(self, task) -> int:
+        if isinstance(task, torch.Tensor) and task.dim() == 0:
+            task = int(task)
+        if isinstance(task, bool) or not isinstance(task, numbers.Integral):
+            raise TypeError(f"task must be an int, got {type(task).__name__}")
+        if not 1 <= task <= self._num_tasks:
+            raise ValueError(f"task must be in 1..{self._num_tasks} (tasks begun so far), got {task}")
+        return int(task)
+
+    def _ratio(self, task: int) -> float:
+        if isinstance(self.prune_ratio, float):
+            return self.prune_ratio
+        if task > len(self.prune_ratio):
+            raise ValueError(f"prune_ratio lists {len(self.prune_ratio)} tasks; pass prune(ratio) "
+                             f"for task {task}")
+        return self.prune_ratio[task - 1]
+
+    def _module_names(self) -> dict[int, str]:
+        return {id(module): name for name, module in self.model.named_modules()}
+
+    def _keyed(self) -> dict[str, Union[PerTask, Owned]]:
+        """Per-task and owned tensors by a name stable across builds of the architecture."""
+        names = self._module_names()
+        return {_key(names[id(t.module)], t.name): t for t in self._per_task + self._owned}
+
+
+def _key(module_name: str, name: str) -> str:
+    return f"{module_name}.{name}" if module_name else name
+
+
+def _check_ratio(ratio) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
+        raise ValueError(f"prune ratio must be a number in [0, 1), got {ratio!r}")
+    return float(ratio)
+
+
+def _check_ratios(prune_ratio):
+    if isinstance(prune_ratio, numbers.Real):
+        return _check_ratio(prune_ratio)
+    return [_check_ratio(r) for r in prune_ratio]
