@@ -1,0 +1,42 @@
+// Fused kernels for products with only a few rows of activations (M <= kFewRows), where
+// the weight is streamed from memory once and masked on load in registers; no scratch.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "vis.h"
+
+namespace maskops::cpu {
+
+constexpr int64_t kFewRows = 4;
+
+// Calls f(RuleConstant<R>{}, std::integral_constant<int, MB>{}) with the rule of `v` and
+// MB = rows (1..kFewRows); nothing for 0 rows.
+template <class T, class F>
+void with_rule_and_rows(const Vis<T>& v, int64_t rows, F&& f) {
+  with_rule(v, [&](auto rule) {
+    switch (rows) {
+      case 0: break;
+      case 1: f(rule, std::integral_constant<int, 1>{}); break;
+      case 2: f(rule, std::integral_constant<int, 2>{}); break;
+      case 3: f(rule, std::integral_constant<int, 3>{}); break;
+      default: f(rule, std::integral_constant<int, 4>{}); break;
+    }
+  });
+}
+
+// y[m, r] = sum_k x[m, k] * w_eff[r, k] for m < rows_x (<= kFewRows), r < rows_w.
+// w and v start at the block's first weight row; weight rows have K elements.
+template <class T>
+void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
+                      int64_t K, unsigned task, int64_t rows_w, T* y, int64_t ldy);
+
+// gx[m, c] += sum_r g[m, r] * w_eff[r, c] for m < rows_g (<= kFewRows), r < rows_w,
+// c < cols.  w and v start at the block's first element; weight rows have ldw elements.
+template <class T>
+void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, const Vis<T>& v,
+                         int64_t ldw, unsigned task, int64_t rows_w, int64_t cols, T* gx,
+                         int64_t ldgx);
+
+}  // namespace maskops::cpu

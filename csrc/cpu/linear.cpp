@@ -1,0 +1,277 @@
+#include "linear.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "few_rows.h"
+#include "masking.h"
+#include "parallel.h"
+#include "scratch.h"
+#include "task_groups.h"
+
+namespace maskops::cpu {
+
+namespace {
+
+// Groups of rows up to this size use the fused kernels of few_rows.h, in chunks of
+// kFewRows rows; larger groups mask a weight panel into scratch and call gemm.  Measured
+// (fp32, K = N = 4096): fused is faster up to about 16 rows, gemm from about 32.
+constexpr int64_t kFusedMaxRows = 16;
+// Weight panel sizes: fused chunks re-read their panel from L2; gemm wants large panels,
+// since BLAS repacks the activations on every call.
+constexpr int64_t kFusedPanelBytes = 128 << 10;
+constexpr int64_t kGemmPanelBytes = 4 << 20;
+// Input gradient of small batches: each thread sums into a private gx of at most this size.
+constexpr int64_t kPartialBytes = 64 << 20;
+// Tiles of the input gradient otherwise: weight blocks that stay in L2 while every group
+// uses them.
+constexpr int64_t kTileBytes = 128 << 10;
+constexpr int64_t kTileCols = 256;
+// Tiles of the weight gradient: the unit of skipping (no selected weight: no product) and
+// of one gemm; large enough that BLAS packing is a small part of each call.
+constexpr int64_t kGradWeightTileRows = 128;
+constexpr int64_t kGradWeightTileCols = 512;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Block length along a dimension of `size`: about `target`, a multiple of `align`, and
+// small enough that every thread gets a few blocks.
+int64_t block_size(int64_t size, int64_t target, int64_t align) {
+  const int64_t balanced = round_up(ceil_div(size, 4 * int64_t(max_threads())), align);
+  return std::max<int64_t>(align, std::min(round_up(target, align), balanced));
+}
+
+template <class T>
+void zero_block(T* a, int64_t lda, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) std::memset(a + r * lda, 0, sizeof(T) * cols);
+}
+
+// Rows in grouped order: the originals when not reordered, else a gathered copy.
+template <class T>
+struct GroupedRows {
+  const T* data;
+  std::vector<T> copy;
+  GroupedRows(const T* rows, int64_t cols, const TaskGroups& groups) : data(rows) {
+    if (!groups.reordered()) return;
+    copy.resize(groups.order.size() * cols);
+    gather_rows(rows, cols, groups.order, cols, copy.data(), cols);
+    data = copy.data();
+  }
+};
+
+// Where grouped output rows go: the output itself, or a buffer scattered back by `finish`.
+template <class T>
+struct GroupedOutput {
+  T* data;
+  std::vector<T> buffer;
+  GroupedOutput(T* out, int64_t rows, int64_t cols, const TaskGroups& groups) : data(out) {
+    if (!groups.reordered()) return;
+    buffer.resize(rows * cols);
+    data = buffer.data();
+  }
+  // out[order[i]] = buffer[i], then the epilogue on each row.
+  void finish(T* out, int64_t cols, const TaskGroups& groups, const Epilogue<T>& epilogue) {
+    if (!groups.reordered()) return;
+    const int64_t rows = int64_t(groups.order.size());
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+    for (int64_t i = 0; i < rows; ++i) {
+      T* dst = out + groups.order[i] * cols;
+      std::memcpy(dst, data + i * cols, sizeof(T) * cols);
+      if (epilogue.active()) epilogue.apply(dst, groups.order[i], 0, cols);
+    }
+  }
+};
+
+bool all_fused(const TaskGroups& groups) {
+  for (const TaskGroup& g : groups.groups)
+    if (g.size() > kFusedMaxRows) return false;
+  return true;
+}
+
+// Only the task-dependent rules need rows grouped by task.
+template <class T>
+TaskGroups groups_for(int64_t rows, const Vis<T>& vis) {
+  return group_by_task(vis.per_task() ? vis.row_task : nullptr, rows, vis.task);
+}
+
+}  // namespace
+
+template <class T>
+void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, const Vis<T>& vis,
+                    const Epilogue<T>& epilogue, T* y, Gemm<T> gemm) {
+  if (M == 0 || N == 0) return;
+  const TaskGroups groups = groups_for(M, vis);
+  const GroupedRows<T> xs(x, K, groups);
+  GroupedOutput<T> ys(y, M, N, groups);
+  const bool epilogue_here = !groups.reordered() && epilogue.active();
+  const int64_t panel_bytes = all_fused(groups) ? kFusedPanelBytes : kGemmPanelBytes;
+  const int64_t row_bytes = int64_t(sizeof(T)) * std::max<int64_t>(K, 1);
+  const int64_t panel = block_size(N, panel_bytes / row_bytes, 8);
+  const int64_t panels = ceil_div(N, panel);
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
+    const T* wp = w + n0 * K;
+    const Vis<T> vp = vis.at(n0 * K);
+    for (const TaskGroup& g : groups.groups) {
+      const int64_t m = g.size();
+      const T* xg = xs.data + g.begin * K;
+      T* yg = ys.data + g.begin * N + n0;
+      if (m <= kFusedMaxRows) {
+        for (int64_t r = 0; r < m; r += kFewRows)
+          few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp, vp, K, g.task, rows_w,
+                           yg + r * N, N);
+      } else if (vis.mode == Mode::dense) {
+        gemm(false, true, m, rows_w, K, xg, K, wp, K, T(0), yg, N);
+      } else {
+        T* masked = thread_scratch<T>(rows_w * K);
+        if (mask_block(wp, K, vp, K, g.task, rows_w, K, masked, K))
+          gemm(false, true, m, rows_w, K, xg, K, masked, K, T(0), yg, N);
+        else
+          zero_block(yg, N, m, rows_w);
+      }
+      if (epilogue_here)
+        for (int64_t r = 0; r < m; ++r) epilogue.apply(yg + r * N, g.begin + r, n0, rows_w);
+    }
+  }
+  ys.finish(y, N, groups, epilogue);
+}
+
+namespace {
+
+// Input gradient when every group is small: threads split the weight rows, stream whole
+// rows (as the forward does) and sum private partial results at the end.
+template <class T>
+void grad_input_by_rows(const T* gs, int64_t M, int64_t N, const T* w, int64_t K,
+                        const Vis<T>& vis, const TaskGroups& groups, T* gxs) {
+  const int threads = max_threads();
+  std::vector<T> partials(size_t(threads - 1) * M * K, T(0));  // thread 0 writes gxs
+  std::memset(gxs, 0, sizeof(T) * M * K);
+  const int64_t panel = block_size(N, kFusedPanelBytes / int64_t(sizeof(T) * K), 8);
+  const int64_t panels = ceil_div(N, panel);
+#pragma omp parallel num_threads(threads)
+  {
+    const int id = thread_id();
+    T* out = id == 0 ? gxs : partials.data() + (id - 1) * M * K;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
+      for (const TaskGroup& g : groups.groups)
+        for (int64_t r = g.begin; r < g.end; r += kFewRows)
+          few_rows_grad_input(gs + r * N + n0, N, std::min(kFewRows, g.end - r), w + n0 * K,
+                              vis.at(n0 * K), K, g.task, rows_w, K, out + r * K, K);
+    }
+  }
+  const int64_t size = M * K;
+#pragma omp parallel for schedule(static) if (size * threads > (1 << 16))
+  for (int64_t i = 0; i < size; ++i)
+    for (int t = 0; t + 1 < threads; ++t) gxs[i] += partials[t * size + i];
+}
+
+// Input gradient by column blocks of gx: weight tiles masked into scratch for gemm (large
+// groups) or read by the fused kernels (small groups).
+template <class T>
+void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_t K,
+                           const Vis<T>& vis, const TaskGroups& groups, T* gxs, Gemm<T> gemm) {
+  const int64_t cols = block_size(K, kTileCols, 16);
+  const int64_t rows = std::max<int64_t>(8, kTileBytes / int64_t(sizeof(T) * cols));
+  const int64_t blocks = ceil_div(K, cols);
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * cols, kc = std::min(cols, K - k0);
+    zero_block(gxs + k0, K, M, kc);
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+      const int64_t nc = std::min(rows, N - n0);
+      const T* wt = w + n0 * K + k0;
+      const Vis<T> vt = vis.at(n0 * K + k0);
+      for (const TaskGroup& g : groups.groups) {
+        const int64_t m = g.size();
+        const T* gg = gs + g.begin * N + n0;
+        T* out = gxs + g.begin * K + k0;
+        if (m <= kFusedMaxRows) {
+          for (int64_t r = 0; r < m; r += kFewRows)
+            few_rows_grad_input(gg + r * N, N, std::min(kFewRows, m - r), wt, vt, K, g.task, nc,
+                                kc, out + r * K, K);
+        } else if (vis.mode == Mode::dense) {
+          gemm(false, false, m, kc, nc, gg, N, wt, K, T(1), out, K);
+        } else {
+          T* masked = thread_scratch<T>(nc * kc);
+          if (mask_block(wt, K, vt, K, g.task, nc, kc, masked, kc))
+            gemm(false, false, m, kc, nc, gg, N, masked, kc, T(1), out, K);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void linear_grad_input(const T* grad, int64_t M, int64_t N, const T* w, int64_t K,
+                       const Vis<T>& vis, T* gx, Gemm<T> gemm) {
+  if (M == 0 || K == 0) return;
+  const TaskGroups groups = groups_for(M, vis);
+  const GroupedRows<T> gs(grad, N, groups);
+  GroupedOutput<T> gxs(gx, M, K, groups);
+  // Private partial sums cost threads * M * K: only for small batches.
+  if (all_fused(groups) && max_threads() * M * K * int64_t(sizeof(T)) <= kPartialBytes)
+    grad_input_by_rows(gs.data, M, N, w, K, vis, groups, gxs.data);
+  else
+    grad_input_by_columns(gs.data, M, N, w, K, vis, groups, gxs.data, gemm);
+  gxs.finish(gx, K, groups, Epilogue<T>{});
+}
+
+template <class T>
+void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t K,
+                        const Vis<T>& vis, T* gw, Gemm<T> gemm) {
+  if (N == 0 || K == 0) return;
+  const TaskGroups groups = groups_for(M, vis);
+  const GroupedRows<T> gs(grad, N, groups);
+  const GroupedRows<T> xs(x, K, groups);
+  const int64_t tile_cols = block_size(K, kGradWeightTileCols, 16);
+  const int64_t tile_rows = block_size(N, kGradWeightTileRows, 8);
+  const int64_t col_tiles = ceil_div(K, tile_cols);
+  const int64_t tiles = ceil_div(N, tile_rows) * col_tiles;
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t n0 = (t / col_tiles) * tile_rows, k0 = (t % col_tiles) * tile_cols;
+    const int64_t nt = std::min(tile_rows, N - n0), kt = std::min(tile_cols, K - k0);
+    T* out = gw + n0 * K + k0;
+    const Vis<T> vt = vis.at(n0 * K + k0);
+    bool written = false;
+    for (const TaskGroup& g : groups.groups) {
+      const int64_t m = g.size();
+      if (m == 0 || !any_selected(vt, K, g.task, nt, kt)) continue;
+      const T* a = gs.data + g.begin * N + n0;
+      const T* b = xs.data + g.begin * K + k0;
+      if (!written) {
+        gemm(true, false, nt, kt, m, a, N, b, K, T(0), out, K);
+        mask_in_place(out, K, vt, K, g.task, nt, kt);
+        written = true;
+      } else {
+        T* product = thread_scratch<T>(nt * kt);
+        gemm(true, false, nt, kt, m, a, N, b, K, T(0), product, kt);
+        add_masked(product, kt, vt, K, g.task, nt, kt, out, K);
+      }
+    }
+    if (!written) zero_block(out, K, nt, kt);
+  }
+}
+
+#define MASKOPS_INSTANTIATE(T)                                                                  \
+  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, int64_t, const Vis<T>&, \
+                                  const Epilogue<T>&, T*, Gemm<T>);                             \
+  template void linear_grad_input<T>(const T*, int64_t, int64_t, const T*, int64_t,             \
+                                     const Vis<T>&, T*, Gemm<T>);                               \
+  template void linear_grad_weight<T>(const T*, int64_t, int64_t, const T*, int64_t,            \
+                                      const Vis<T>&, T*, Gemm<T>);
+MASKOPS_INSTANTIATE(float)
+MASKOPS_INSTANTIATE(double)
+#undef MASKOPS_INSTANTIATE
+
+}  // namespace maskops::cpu

@@ -1,0 +1,126 @@
+#include "masking.h"
+
+#include <algorithm>
+
+#include "avx2.h"
+
+namespace maskops::cpu {
+
+namespace {
+
+// Rows of a 2-D block, each a vectorizable loop over columns with the rule fixed.
+template <class T, class RowFn>
+void for_rows(const Vis<T>& v, int64_t ldv, int64_t rows, RowFn&& row) {
+  for (int64_t r = 0; r < rows; ++r) row(v.at(r * ldv), r);
+}
+
+// Work split for the whole-array versions: chunks large enough to amortize a thread.
+constexpr int64_t kArrayChunk = 1 << 15;
+
+}  // namespace
+
+template <class T>
+bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned task,
+                int64_t rows, int64_t cols, T* out, int64_t ldo) {
+#ifdef MASKOPS_HAVE_AVX2_KERNELS
+  if (avx2_enabled()) return avx2::mask_block(w, ldw, v, ldv, task, rows, cols, out, ldo);
+#endif
+  return with_rule(v, [&](auto rule) {
+    constexpr Rule R = decltype(rule)::value;
+    bool any = false;
+    for_rows(v, ldv, rows, [&](const Vis<T>& vr, int64_t r) {
+      const T* wr = w + r * ldw;
+      T* o = out + r * ldo;
+      int nonzero = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        o[c] = effective<R>(vr, c, wr[c], task);
+        nonzero |= o[c] != T(0);
+      }
+      any |= nonzero != 0;
+    });
+    return any;
+  });
+}
+
+template <class T>
+bool any_selected(const Vis<T>& v, int64_t ldv, unsigned task, int64_t rows, int64_t cols) {
+  return with_rule(v, [&](auto rule) {
+    constexpr Rule R = decltype(rule)::value;
+    if constexpr (R == Rule::dense) {
+      return rows > 0 && cols > 0;
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        const Vis<T> vr = v.at(r * ldv);
+        int hit = 0;
+        for (int64_t c = 0; c < cols; ++c) hit |= effective<R>(vr, c, T(1), task) != T(0);
+        if (hit) return true;
+      }
+      return false;
+    }
+  });
+}
+
+template <class T>
+void mask_in_place(T* a, int64_t lda, const Vis<T>& v, int64_t ldv, unsigned task,
+                   int64_t rows, int64_t cols) {
+  with_rule(v, [&](auto rule) {
+    constexpr Rule R = decltype(rule)::value;
+    if constexpr (R != Rule::dense) {
+      for_rows(v, ldv, rows, [&](const Vis<T>& vr, int64_t r) {
+        T* ar = a + r * lda;
+        for (int64_t c = 0; c < cols; ++c) ar[c] = effective<R>(vr, c, ar[c], task);
+      });
+    }
+  });
+}
+
+template <class T>
+void add_masked(const T* src, int64_t lds, const Vis<T>& v, int64_t ldv, unsigned task,
+                int64_t rows, int64_t cols, T* dst, int64_t ldd) {
+  with_rule(v, [&](auto rule) {
+    constexpr Rule R = decltype(rule)::value;
+    for_rows(v, ldv, rows, [&](const Vis<T>& vr, int64_t r) {
+      const T* s = src + r * lds;
+      T* d = dst + r * ldd;
+      for (int64_t c = 0; c < cols; ++c) d[c] += effective<R>(vr, c, s[c], task);
+    });
+  });
+}
+
+template <class T>
+bool mask_array(const T* w, const Vis<T>& v, unsigned task, int64_t count, T* out) {
+  const int64_t chunks = (count + kArrayChunk - 1) / kArrayChunk;
+  int any = 0;
+#pragma omp parallel for schedule(static) reduction(| : any) if (chunks > 1)
+  for (int64_t i = 0; i < chunks; ++i) {
+    const int64_t begin = i * kArrayChunk, size = std::min(kArrayChunk, count - begin);
+    any |= mask_block(w + begin, size, v.at(begin), size, task, 1, size, out + begin, size);
+  }
+  return any != 0;
+}
+
+template <class T>
+void add_masked_array(const T* src, const Vis<T>& v, unsigned task, int64_t count, T* dst) {
+  const int64_t chunks = (count + kArrayChunk - 1) / kArrayChunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t i = 0; i < chunks; ++i) {
+    const int64_t begin = i * kArrayChunk, size = std::min(kArrayChunk, count - begin);
+    add_masked(src + begin, size, v.at(begin), size, task, 1, size, dst + begin, size);
+  }
+}
+
+#define MASKOPS_INSTANTIATE(T)                                                               \
+  template bool mask_block<T>(const T*, int64_t, const Vis<T>&, int64_t, unsigned, int64_t,  \
+                              int64_t, T*, int64_t);                                         \
+  template bool any_selected<T>(const Vis<T>&, int64_t, unsigned, int64_t, int64_t);        \
+  template void mask_in_place<T>(T*, int64_t, const Vis<T>&, int64_t, unsigned, int64_t,    \
+                                 int64_t);                                                   \
+  template void add_masked<T>(const T*, int64_t, const Vis<T>&, int64_t, unsigned, int64_t, \
+                              int64_t, T*, int64_t);                                         \
+  template bool mask_array<T>(const T*, const Vis<T>&, unsigned, int64_t, T*);              \
+  template void add_masked_array<T>(const T*, const Vis<T>&, unsigned, int64_t, T*);
+MASKOPS_INSTANTIATE(float)
+MASKOPS_INSTANTIATE(double)
+#undef MASKOPS_INSTANTIATE
+
+}  // namespace maskops::cpu

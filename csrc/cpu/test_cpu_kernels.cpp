@@ -1,0 +1,196 @@
+// Unit test of the torch-free CPU kernels against naive loops.  Exit status 1 on a mismatch.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "avx2.h"
+#include "epilogue.h"
+#include "linear.h"
+#include "masking.h"
+#include "task_groups.h"
+
+using namespace maskops::cpu;
+
+namespace {
+
+int failures = 0;
+std::mt19937 rng(1234);
+
+template <class T>
+std::vector<T> random_values(size_t n) {
+  std::normal_distribution<double> normal;
+  std::vector<T> v(n);
+  for (auto& e : v) e = T(normal(rng));
+  return v;
+}
+
+std::vector<uint8_t> random_bytes(size_t n, int high) {
+  std::uniform_int_distribution<int> pick(0, high);
+  std::vector<uint8_t> v(n);
+  for (auto& e : v) e = uint8_t(pick(rng));
+  return v;
+}
+
+template <class T>
+void expect_close(const char* what, const std::vector<T>& got, const std::vector<T>& want,
+                  double tol) {
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::abs(double(got[i]) - double(want[i])) > tol * (1 + std::abs(double(want[i])))) {
+      std::printf("FAIL %s: element %zu is %g, expected %g\n", what, i, double(got[i]),
+                  double(want[i]));
+      ++failures;
+      return;
+    }
+  }
+}
+
+// The definition: effective weight of element i for task t.
+template <class T>
+T naive_effective(const Vis<T>& v, size_t i, T w, int t) {
+  switch (v.mode) {
+    case Mode::visible: return (v.owner[i] > 0 && v.owner[i] <= t) ? w : T(0);
+    case Mode::trainable: return v.owner[i] == t ? w : T(0);
+    case Mode::mask: return v.soft ? w * v.soft[i] : (v.binary[i] ? w : T(0));
+    default: return w;
+  }
+}
+
+template <class T>
+int row_task_of(const Vis<T>& v, int64_t row) {
+  return v.row_task && v.per_task() ? v.row_task[row] : v.task;
+}
+
+struct Case {
+  int64_t M, N, K;
+  Mode mode;
+  bool soft, row_tasks, bias, row_out_mask;
+};
+
+template <class T>
+void check_linear(const Case& c, double tol) {
+  const int64_t M = c.M, N = c.N, K = c.K;
+  auto x = random_values<T>(M * K), w = random_values<T>(N * K), g = random_values<T>(M * N);
+  auto owner = random_bytes(N * K, 3), binary = random_bytes(N * K, 1);
+  auto soft = random_values<T>(N * K);
+  auto bias = random_values<T>(N), out_mask = random_values<T>(c.row_out_mask ? M * N : N);
+  std::vector<int32_t> tasks(M);
+  for (auto& t : tasks) t = 1 + int(rng() % 3);
+
+  Vis<T> v;
+  v.mode = c.mode;
+  v.owner = owner.data();
+  v.binary = c.soft ? nullptr : binary.data();
+  v.soft = c.soft ? soft.data() : nullptr;
+  v.task = 2;
+  v.row_task = c.row_tasks ? tasks.data() : nullptr;
+  Epilogue<T> epi;
+  if (c.bias) epi.bias = bias.data();
+  epi.out_mask = out_mask.data();
+  epi.out_mask_row_stride = c.row_out_mask ? N : 0;
+
+  std::vector<T> y_want(M * N), gx_want(M * K, T(0)), gw_want(N * K, T(0));
+  for (int64_t i = 0; i < M; ++i) {
+    const int t = row_task_of(v, i);
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const T e = naive_effective(v, n * K + k, w[n * K + k], t);
+        s += double(x[i * K + k]) * e;
+        gx_want[i * K + k] += g[i * N + n] * e;
+        gw_want[n * K + k] += naive_effective(v, n * K + k, T(g[i * N + n] * x[i * K + k]), t);
+      }
+      if (c.bias) s += bias[n];
+      y_want[i * N + n] = T(s * out_mask[(c.row_out_mask ? i * N : 0) + n]);
+    }
+  }
+  std::vector<T> y(M * N), gx(M * K), gw(N * K, T(7));
+  linear_forward<T>(x.data(), M, K, w.data(), N, v, epi, y.data(), simple_gemm<T>);
+  linear_grad_input<T>(g.data(), M, N, w.data(), K, v, gx.data(), simple_gemm<T>);
+  linear_grad_weight<T>(g.data(), M, N, x.data(), K, v, gw.data(), simple_gemm<T>);
+  char what[160];
+  std::snprintf(what, sizeof what, "M=%lld N=%lld K=%lld mode=%d soft=%d row_tasks=%d",
+                (long long)M, (long long)N, (long long)K, int(c.mode), c.soft, c.row_tasks);
+  std::string base(what);
+  expect_close((base + " forward").c_str(), y, y_want, tol);
+  expect_close((base + " grad_input").c_str(), gx, gx_want, tol);
+  expect_close((base + " grad_weight").c_str(), gw, gw_want, tol);
+  if (c.mode == Mode::trainable && !c.row_tasks)  // exact zeros outside owner == task
+    for (int64_t i = 0; i < N * K; ++i)
+      if (owner[i] != v.task && gw[i] != T(0)) {
+        std::printf("FAIL %s: grad_weight not exactly zero at %lld\n", what, (long long)i);
+        ++failures;
+        break;
+      }
+}
+
+void check_groups() {
+  const std::vector<int32_t> tasks = {3, 1, 3, 2, 1};
+  const TaskGroups g = group_by_task(tasks.data(), 5, 1);
+  const std::vector<int64_t> order = {1, 4, 3, 0, 2};
+  if (g.groups.size() != 3 || g.order != order || g.groups[2].task != 3 || g.groups[2].begin != 3)
+    std::printf("FAIL group_by_task\n"), ++failures;
+  const std::vector<int32_t> same = {2, 2};
+  const TaskGroups one = group_by_task(same.data(), 2, 1);
+  if (one.groups.size() != 1 || one.reordered() || one.groups[0].task != 2)
+    std::printf("FAIL group_by_task with one task\n"), ++failures;
+  const std::vector<int32_t> bad = {0};
+  try {
+    group_by_task(bad.data(), 1, 1);
+    std::printf("FAIL group_by_task accepted task 0\n"), ++failures;
+  } catch (const std::invalid_argument&) {
+  }
+}
+
+void check_masking() {
+  // Task 2 sees owners 1 and 2 only: row 0 has visible weights, row 1 has none.
+  const std::vector<uint8_t> owner = {1, 0, 2, 3, 2, 0, 0, 3, 3, 0};
+  std::vector<float> w(10, 1.5f), out(5, -1.f);
+  const std::vector<float> row0 = {1.5f, 0.f, 1.5f, 0.f, 1.5f};
+  Vis<float> v;
+  v.mode = Mode::visible;
+  v.owner = owner.data();
+  if (!mask_block(w.data(), 5, v, 5, 2, 1, 5, out.data(), 5) || out != row0)
+    std::printf("FAIL mask_block\n"), ++failures;
+  if (mask_block(w.data() + 5, 5, v.at(5), 5, 2, 1, 5, out.data(), 5))
+    std::printf("FAIL mask_block reported a visible weight in an invisible row\n"), ++failures;
+  v.mode = Mode::trainable;
+  if (any_selected(v.at(5), 5, 2, 1, 5) || !any_selected(v, 5, 2, 2, 5))
+    std::printf("FAIL any_selected\n"), ++failures;
+}
+
+}  // namespace
+
+int main() {
+  check_groups();
+  check_masking();
+  const Mode modes[] = {Mode::dense, Mode::visible, Mode::trainable, Mode::mask};
+  // Sizes cover the fused few-row path (M <= 8), the panel + gemm path, and ragged blocks.
+  const int64_t shapes[][3] = {{1, 7, 5}, {3, 33, 70}, {8, 9, 300}, {13, 70, 37}, {40, 17, 600}};
+  // Both the AVX2 kernels (where the CPU has them) and the portable ones.
+  for (bool simd : {true, false}) {
+    set_avx2_enabled(simd);
+    for (auto& s : shapes)
+      for (Mode mode : modes)
+        for (int variant = 0; variant < 4; ++variant) {
+          const Case c{s[0], s[1], s[2], mode, variant == 1 && mode == Mode::mask,
+                       variant >= 2, variant % 2 == 1, variant == 3};
+          check_linear<double>(c, 1e-9);
+          check_linear<float>(c, 1e-3);
+        }
+  }
+  // Conv output channels scaled in both memory layouts: (B=2, C=3, P=4).
+  std::vector<float> nchw(24, 1.f), nhwc(24, 1.f), mask = {1, 2, 3, 4, 5, 6};
+  scale_channels(nchw.data(), 2, 3, 4, 12, 4, 1, mask.data(), 3);
+  scale_channels(nhwc.data(), 2, 3, 4, 12, 1, 3, mask.data(), 3);
+  if (nchw[4] != 2.f || nchw[23] != 6.f || nhwc[1] != 2.f || nhwc[23] != 6.f)
+    std::printf("FAIL scale_channels\n"), ++failures;
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  std::printf("all CPU kernel checks passed\n");
+  return 0;
+}

@@ -1,0 +1,90 @@
+// Which weights take part in a masked matmul or convolution, and the per-element rule.
+//
+// Torch-free: raw pointers into row-major arrays that have the weight's layout.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace maskops::cpu {
+
+// Matches the `mode` integer of the native ops.
+enum class Mode : int {
+  dense = 0,      // w_eff = w
+  visible = 1,    // w_eff = w where 0 < owner <= task, else 0
+  trainable = 2,  // w_eff = w where owner == task, else 0
+  mask = 3,       // w_eff = w * mask  (binary uint8 0/1, or soft floating)
+};
+
+template <class T>
+struct Vis {
+  Mode mode = Mode::dense;
+  const uint8_t* owner = nullptr;   // visible / trainable
+  const uint8_t* binary = nullptr;  // mask mode, uint8 0/1
+  const T* soft = nullptr;          // mask mode, floating
+  int task = 1;                     // used when row_task is null
+  const int32_t* row_task = nullptr;  // per row (linear) or image (conv), 1..255
+
+  // The same selection for the block that starts `offset` elements into the weight.
+  Vis at(int64_t offset) const {
+    Vis v = *this;
+    if (owner) v.owner += offset;
+    if (binary) v.binary += offset;
+    if (soft) v.soft += offset;
+    return v;
+  }
+  // Only visible/trainable depend on the task; the others ignore row_task.
+  bool per_task() const { return mode == Mode::visible || mode == Mode::trainable; }
+};
+
+// The per-element rule, as a compile-time constant for the inner loops.
+enum class Rule { dense, visible, trainable, binary, soft };
+
+// w when keep, else +0.  Done on the bits rather than with `?:` or a multiply: compilers
+// vectorize it on any SIMD level (a `?:` becomes a branch in some loops), and an unselected
+// inf/nan becomes an exact zero.
+template <class T>
+inline T keep_if(bool keep, T w) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  static_assert(sizeof(Bits) == sizeof(T), "float or double");
+  Bits bits;
+  std::memcpy(&bits, &w, sizeof bits);
+  bits &= Bits(0) - Bits(keep);
+  std::memcpy(&w, &bits, sizeof bits);
+  return w;
+}
+
+// The effective weight of element i for `task`.
+template <Rule R, class T>
+inline T effective(const Vis<T>& v, int64_t i, T w, unsigned task) {
+  if constexpr (R == Rule::visible) {
+    return keep_if(unsigned(v.owner[i]) - 1u < task, w);  // owner 0 wraps to UINT_MAX
+  } else if constexpr (R == Rule::trainable) {
+    return keep_if(unsigned(v.owner[i]) == task, w);
+  } else if constexpr (R == Rule::binary) {
+    return keep_if(v.binary[i] != 0, w);
+  } else if constexpr (R == Rule::soft) {
+    return w * v.soft[i];
+  } else {
+    return w;
+  }
+}
+
+template <Rule R>
+using RuleConstant = std::integral_constant<Rule, R>;
+
+// Calls f(RuleConstant<R>{}) with the rule of `v`, so each loop is compiled per rule;
+// inside, `constexpr Rule R = decltype(rule)::value;`.
+template <class T, class F>
+inline decltype(auto) with_rule(const Vis<T>& v, F&& f) {
+  switch (v.mode) {
+    case Mode::visible: return f(RuleConstant<Rule::visible>{});
+    case Mode::trainable: return f(RuleConstant<Rule::trainable>{});
+    case Mode::mask:
+      return v.soft ? f(RuleConstant<Rule::soft>{}) : f(RuleConstant<Rule::binary>{});
+    default: return f(RuleConstant<Rule::dense>{});
+  }
+}
+
+}  // namespace maskops::cpu
