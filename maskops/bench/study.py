@@ -1,0 +1,144 @@
+"""Deployment study: one multi-task network served three ways, end to end.
+
+Every conv/linear layer gets PackNet owners: after each task, `ratio` of the weights
+that task trained are pruned and freed for the next one, so task k owns (1 - ratio)
+of what was free before it and the last task sees 1 - ratio**tasks of the weights.
+The last task is measured, served by
+  naive    a model whose layers compute weight * visible on every forward
+           (a torch parametrization, as a peer implementation would);
+  cached   a plain model per task holding pre-masked dense weights (T copies);
+  <name>   the model after maskops.convert, owners set, under maskops.use_backend(name).
+Weight memory counts conv/linear weights only: naive and maskops keep the weights
+and a uint8 owner map; cached keeps one dense copy per task.  On CUDA the inputs are
+channels_last and so are the baselines' weights (cuDNN's fast layout); maskops
+layers keep their (out, in, kh, kw) weights.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import maskops
+from maskops import reference
+from maskops.bench.impls import Impl, backend_names
+from maskops.bench.progress import progress
+from maskops.bench.sweep import dtype_name, measure
+
+
+def packnet_owner(shape, ratio: float, tasks: int, generator: torch.Generator) -> torch.Tensor:
+    owner = torch.zeros(shape, dtype=torch.uint8)
+    free = torch.ones(shape, dtype=torch.bool)
+    for task in range(1, tasks + 1):
+        taken = free & (torch.rand(shape, generator=generator) >= ratio)
+        owner[taken] = task
+        free &= ~taken
+    return owner
+
+
+def masked_layers(model: nn.Module) -> list:
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d))]
+
+
+class VisibleWeight(nn.Module):
+    """Parametrization: the weight times the task's visible set, rebuilt on every access."""
+
+    def __init__(self, owner: torch.Tensor, task: int):
+        super().__init__()
+        self.register_buffer("owner", owner)
+        self.task = task
+
+    def forward(self, weight):
+        return weight * reference.visible(self.owner, self.task)
+
+
+def naive_model(base: nn.Module, owners: dict, task: int) -> nn.Module:
+    model = copy.deepcopy(base)
+    for name, layer in masked_layers(model):
+        parametrize.register_parametrization(layer, "weight", VisibleWeight(owners[name], task))
+    return model
+
+
+@torch.no_grad()
+def cached_model(base: nn.Module, owners: dict, task: int) -> nn.Module:
+    model = copy.deepcopy(base)
+    for name, layer in masked_layers(model):
+        layer.weight.mul_(reference.visible(owners[name], task))
+    return model
+
+
+@torch.no_grad()
+def maskops_model(base: nn.Module, owners: dict, task: int) -> nn.Module:
+    model = copy.deepcopy(base)
+    names = dict(masked_layers(model))
+    maskops.convert(model)
+    for name, layer in names.items():
+        layer.owner.copy_(owners[name])
+    return maskops.set_task(model, task)
+
+
+def weight_mb(base: nn.Module, dtype: torch.dtype, tasks: int) -> dict:
+    numel = sum(layer.weight.numel() for _, layer in masked_layers(base))
+    with_owner = numel * (dtype.itemsize + 1) / 2 ** 20
+    return {"naive": with_owner, "cached": tasks * numel * dtype.itemsize / 2 ** 20,
+            "maskops": with_owner}
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def run():
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def _variants(base, owners, task, device, dtype, layout, backends, compile_too) -> list:
+    """(impl name, model, backend) for every way of serving `task`."""
+    baselines = [("naive", naive_model(base, owners, task)), ("cached", cached_model(base, owners, task))]
+    variants = [(name, model.to(memory_format=layout), None) for name, model in baselines]
+    converted = maskops_model(base, owners, task)
+    variants += [(name, converted, name) for name in backends]
+    if compile_too:
+        variants += [(f"{name}+compile", torch.compile(model, dynamic=False), backend)
+                     for name, model, backend in variants]
+    return variants
+
+
+def run(base: nn.Module, model_name: str, *, tasks: int, ratios: Sequence[float],
+        batches: Sequence[int], resolution: int, device: str, dtype: torch.dtype,
+        timer: Callable, compile_too: bool = False, impls: Optional[Sequence[str]] = None,
+        show_progress: bool = True) -> list:
+    """Result rows: latency and weight memory of each variant, per ratio and batch size."""
+    base = base.to(device=device, dtype=dtype).eval()
+    layout = torch.channels_last if device == "cuda" else torch.contiguous_format
+    backends = [n for n in backend_names(device, dtype) if not impls or n in impls]
+    memory = weight_mb(base, dtype, tasks)
+    generator = torch.Generator().manual_seed(0)
+    results = []
+    count = len(ratios) * len(batches) * (2 + len(backends)) * (2 if compile_too else 1)
+    with progress(count, show_progress, desc=model_name) as bar:
+        for ratio in ratios:
+            owners = {name: packnet_owner(layer.weight.shape, ratio, tasks, generator).to(device)
+                      for name, layer in masked_layers(base)}
+            visible = sum(int(reference.visible(o, tasks).sum()) for o in owners.values())
+            density = visible / sum(o.numel() for o in owners.values())
+            variants = _variants(base, owners, tasks, device, dtype, layout, backends, compile_too)
+            for batch in batches:
+                x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
+                x = x.contiguous(memory_format=layout)
+                expected = _forward(variants[1][1], x)()
+                for name, model, backend in variants:
+                    if impls and name.removesuffix("+compile") not in impls:
+                        bar.update()
+                        continue
+                    row = {"op": "model", "case": f"{model_name}_b{batch}_r{resolution}",
+                           "dtype": dtype_name(dtype), "pattern": f"packnet{ratio:g}",
+                           "density": density, "impl": name,
+                           "weight_mb": memory["maskops" if backend else name.removesuffix("+compile")]}
+                    row.update(measure(Impl(name, _forward(model, x), backend), timer, expected))
+                    results.append(row)
+                    bar.update()
+    return results

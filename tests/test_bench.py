@@ -1,0 +1,172 @@
+"""Smoke tests of the benchmark code: cases, owners, implementations, sweep, JSON, table, plot."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import maskops
+from maskops import reference
+from maskops.bench import cli, cases, impls, report, study, sweep
+from maskops.bench.models import MODELS
+from maskops.bench.timing import Timing
+
+
+def fake_timer(fn):
+    fn()
+    return Timing(1.0, "fake")
+
+
+TINY = (
+    cases.Case("linear_m4_n24_k40", "linear", n=24, k=40, m=4, settings=(("random", 0.5),)),
+    cases.Case("linear_mixed3_m6_n24_k40", "linear", n=24, k=40, m=6, tasks=3,
+               settings=(("block", 0.5),)),
+    cases.Case("conv_3x3_c8_h5_b2", "conv2d", n=8, k=8, batch=2, size=5, channels_last=True,
+               settings=(("random", 0.25),)),
+)
+
+
+def test_required_gpu_cases():
+    settings = {case.name: case.settings for case in cases.GPU_CASES}
+    assert settings == {
+        "linear_m16_n4096_k4096": (("random", 0.5), ("block", 0.25)),
+        "linear_m4096_n4096_k4096": (("random", 0.5),),
+        "conv_r50_3x3_c256_h14_b32": (("random", 0.5),),
+        "conv_r50_3x3_c512_h7_b1": (("random", 0.5),),
+        "linear_mixed8_m64_n4096_k4096": (("random", 0.5),),
+    }
+    by_name = {case.name: case for case in cases.GPU_CASES}
+    assert by_name["conv_r50_3x3_c256_h14_b32"].channels_last
+    assert by_name["linear_mixed8_m64_n4096_k4096"].tasks == 8
+    assert impls.baseline_name(by_name["linear_mixed8_m64_n4096_k4096"]) == "loop"
+
+
+def test_cpu_target_cases():
+    by_name = {case.name: case for case in cases.CPU_CASES}
+    for m in (1, 16, 256):
+        case = by_name[f"linear_m{m}_n4096_k4096"]
+        assert case.settings == (("random", pytest.approx(2 / 3)),)
+    assert any(case.op == "conv2d" for case in cases.CPU_CASES)
+    assert impls.impl_names(by_name["linear_m1_n4096_k4096"], "cpu", torch.float32)[:3] == \
+        ["naive", "cached", "torch"]
+
+
+@pytest.mark.parametrize("pattern", cases.PATTERNS)
+@pytest.mark.parametrize("density", [0.0, 0.25, 2 / 3, 1.0])
+def test_owner_density(pattern, density):
+    generator = torch.Generator().manual_seed(1)
+    owner = cases.make_owner((256, 192), pattern, density, 2, generator)
+    assert owner.dtype == torch.uint8
+    visible = reference.visible(owner, 2)
+    assert visible.float().mean().item() == pytest.approx(density, abs=1 / 12)
+    assert set(owner[~visible].unique().tolist()) <= {0, 3}
+    if pattern == "block":  # constant visibility over each 64x64 block
+        blocks = visible.reshape(4, 64, 3, 64)
+        assert (blocks == blocks[:, :1, :, :1]).all()
+
+
+def test_mixed_owner_nests_tasks():
+    owner = cases.make_owner((64, 64), "random", 0.8, 8, torch.Generator().manual_seed(0))
+    seen = [reference.visible(owner, t).float().mean().item() for t in range(1, 9)]
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(0.8, abs=1e-3)
+
+
+@pytest.mark.parametrize("case", TINY, ids=lambda c: c.name)
+def test_impls_match_reference(case):
+    pattern, density = case.settings[0]
+    inputs = cases.make_inputs(case, pattern, density, torch.float64, "cpu")
+    op = reference.task_linear if case.op == "linear" else reference.task_conv2d
+    kwargs = {} if case.op == "linear" else {"padding": inputs.padding}
+    expected = op(inputs.x, inputs.weight, inputs.owner, inputs.task, **kwargs)
+    names = ["loop" if case.mixed else "naive", "cached", "torch"]
+    for name in names:
+        run = impls.build(name, case, inputs)
+        with maskops.use_backend(run.backend):
+            torch.testing.assert_close(run.fn(), expected, msg=name)
+
+
+def test_tiny_sweep_rows(tmp_path):
+    results = sweep.run(TINY, [torch.float32], "cpu", fake_timer, quick=True, impls=None,
+                        show_progress=False)
+    rows = [r for r in results if r["op"] != "copy"]
+    assert {(r["case"], r["impl"]) for r in rows} >= {
+        ("linear_m4_n24_k40", "naive"), ("linear_mixed3_m6_n24_k40", "loop"),
+        ("conv_3x3_c8_h5_b2", "cached"), ("conv_3x3_c8_h5_b2", "torch")}
+    assert all(not r.get("error") and r["rel_err"] < 1e-5 for r in rows)
+    assert all(r["gbps"] is not None for r in rows if r["case"].startswith("linear"))
+    copy = results[-1]
+    assert copy["impl"] == "copy" and copy["gbps"] > 0
+
+
+def test_cli_writes_json_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "timer_for", lambda device, quick: fake_timer)
+    monkeypatch.setattr(cli.case_defs, "cases_for", lambda device: TINY)
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    code = cli.main(["--device", "cpu", "--density", "0.25", "0.75", "--pattern", "random",
+                     "--json", str(out), "--plot", str(png), "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {"device", "torch", "triton", "cuda", "date", "results"} <= set(data)
+    fields = {"op", "case", "dtype", "pattern", "density", "impl", "median_ms", "gbps"}
+    assert all(fields <= set(row) for row in data["results"])
+    first = [(r["impl"], r["density"]) for r in data["results"] if r["case"] == TINY[0].name]
+    names = impls.impl_names(TINY[0], "cpu", torch.float32)
+    assert names[:3] == ["naive", "cached", "torch"]
+    assert first == [(impl, d) for d in (0.25, 0.75) for impl in names]
+    assert data["results"][-1]["impl"] == "copy"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _row(impl, ms, case="c", density=0.5):
+    return {"op": "linear", "case": case, "dtype": "float32", "pattern": "random",
+            "density": density, "impl": impl, "median_ms": ms, "gbps": None}
+
+
+def test_format_table_ratios():
+    table = report.format_table([_row("naive", 8.0), _row("cached", 1.0), _row("cpu", 2.0),
+                                 _row("loop", 6.0, case="m"), _row("cpu", 3.0, case="m")])
+    lines = table.splitlines()
+    assert lines[0] == ("| case | dtype | pattern | density | impl | median ms | "
+                        "speedup vs naive | ratio vs cached |")
+    assert lines[4] == "| c | float32 | random | 0.5 | cpu | 2 | 4 | 0.5 |"
+    assert lines[6] == "| m | float32 | random | 0.5 | cpu | 3 | 2 |  |"
+
+
+def test_plot_speedups():
+    from maskops.bench.plot import speedups
+    panels = speedups([_row("naive", 4.0), _row("cpu", 2.0), _row("naive", 4.0, density=0.25),
+                       _row("cpu", 1.0, density=0.25)])
+    assert panels == {("c", "float32"): {("cpu", "random"): [(0.5, 2.0), (0.25, 4.0)]}}
+
+
+def test_packnet_owner_ratio():
+    owner = study.packnet_owner((300, 300), 0.75, 3, torch.Generator().manual_seed(0))
+    for task in (1, 2, 3):
+        assert (owner == task).float().mean().item() == pytest.approx(0.25 * 0.75 ** (task - 1),
+                                                                      abs=0.01)
+
+
+def test_study_variants_agree():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 5))
+    results = study.run(model, "tiny", tasks=3, ratios=[0.5], batches=[2], resolution=6,
+                        device="cpu", dtype=torch.float32, timer=fake_timer, impls=["naive", "cached", "torch"],
+                        show_progress=False)
+    assert [r["impl"] for r in results] == ["naive", "cached", "torch"]
+    assert all(r["rel_err"] < 1e-5 for r in results)
+    naive, cached, torch_row = (r["weight_mb"] for r in results)
+    assert cached / naive == pytest.approx(3 * 4 / 5) and torch_row == naive
+    assert results[0]["density"] == pytest.approx(0.875, abs=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_run(name):
+    model = MODELS[name](num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_cpu_timer_measures():
+    from maskops.bench.timing import cpu_timer
+    calls = []
+    timing = cpu_timer(min_run_time=0.01)(lambda: calls.append(1))
+    assert timing.method == "torch.utils.benchmark" and 0 < timing.median_ms < 1 and calls
