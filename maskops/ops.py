@@ -14,7 +14,7 @@ from typing import List, Optional, Union
 import torch
 from torch import Tensor
 
-from maskops import backends, checks
+from maskops import backends, checks, reference
 from maskops.backends import Vis
 
 Task = Union[int, Tensor]
@@ -52,7 +52,7 @@ def _channel_format(x: Tensor):
     return torch.contiguous_format
 
 
-def _conv_out_shape(x_shape, w_shape, stride, padding, dilation):
+def conv_output_shape(x_shape, w_shape, stride, padding, dilation):
     return [x_shape[0], w_shape[0]] + [
         (x_shape[2 + a] + 2 * padding[a] - dilation[a] * (w_shape[2 + a] - 1) - 1) // stride[a] + 1
         for a in (0, 1)]
@@ -146,7 +146,7 @@ def _check_conv(x, weight, bias, out_mask, tasks, task, stride, padding, dilatio
 
 
 def _conv_fake(x, weight, stride, padding, dilation):
-    shape = _conv_out_shape(x.shape, weight.shape, stride, padding, dilation)
+    shape = conv_output_shape(x.shape, weight.shape, stride, padding, dilation)
     return x.new_empty(shape).contiguous(memory_format=_channel_format(x))
 
 
@@ -252,17 +252,6 @@ def _(grad, x, mode, owner, mask, task, row_task, weight_shape, stride, padding,
 # ----------------------------------------------------------------------------- autograd
 
 
-def _scale_by_out_mask(grad, out_mask, conv):
-    if out_mask is None:
-        return grad
-    out_mask = out_mask.to(grad.dtype)
-    if conv:
-        return grad * out_mask.reshape(*out_mask.shape, 1, 1)
-    if out_mask.dim() == 2 and grad.dim() > 2:
-        out_mask = out_mask.reshape(out_mask.shape[0], *([1] * (grad.dim() - 2)), out_mask.shape[1])
-    return grad * out_mask
-
-
 def _out_mask_grad(grad, unmasked, out_mask, conv):
     """d loss / d out_mask, given the output before the mask was applied."""
     product = grad * unmasked
@@ -317,7 +306,7 @@ def _row_task_for(x, tasks, conv):
 def _task_backward(ctx, grad, conv):
     x, weight, owner, tasks, bias, out_mask = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    g = _scale_by_out_mask(grad, out_mask, conv)
+    g = reference.apply_out_mask(grad, out_mask, conv)
     row_task = _row_task_for(x, tasks, conv)
     task = ctx.task
     grad_x = grad_w = grad_b = grad_om = None
@@ -337,7 +326,7 @@ def _task_backward(ctx, grad, conv):
 def _masked_backward(ctx, grad, conv):
     x, weight, mask, trainable, bias, out_mask = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    g = _scale_by_out_mask(grad, out_mask, conv)
+    g = reference.apply_out_mask(grad, out_mask, conv)
     grad_x = grad_w = grad_mask = grad_b = grad_om = None
     if needs[0]:
         grad_x = _grad_input(ctx, conv, g, weight, "mask", None, mask, 1, None, x.shape)

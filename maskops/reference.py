@@ -51,7 +51,7 @@ def masked_weight(weight: torch.Tensor, mask: torch.Tensor,
     return weight * mask
 
 
-def _apply_out_mask(y: torch.Tensor, out_mask: Optional[torch.Tensor], conv: bool) -> torch.Tensor:
+def apply_out_mask(y: torch.Tensor, out_mask: Optional[torch.Tensor], conv: bool) -> torch.Tensor:
     if out_mask is None:
         return y
     out_mask = out_mask.to(y.dtype)
@@ -62,7 +62,7 @@ def _apply_out_mask(y: torch.Tensor, out_mask: Optional[torch.Tensor], conv: boo
     return y * out_mask
 
 
-def _per_task(x: torch.Tensor, task: Task, run) -> torch.Tensor:
+def per_task(x: torch.Tensor, task: Task, run) -> torch.Tensor:
     """Run `run(x_part, t)` for each task value and scatter the results back by sample."""
     if not isinstance(task, torch.Tensor):
         return run(x, int(task))
@@ -80,27 +80,27 @@ def _per_task(x: torch.Tensor, task: Task, run) -> torch.Tensor:
 
 
 def task_linear(x, weight, owner, task: Task, bias=None, *, out_mask=None):
-    y = _per_task(x, task, lambda xs, t: F.linear(xs, task_weight(weight, owner, t)))
+    y = per_task(x, task, lambda xs, t: F.linear(xs, task_weight(weight, owner, t)))
     if bias is not None:
         y = y + bias
-    return _apply_out_mask(y, out_mask, conv=False)
+    return apply_out_mask(y, out_mask, conv=False)
 
 
 def masked_linear(x, weight, mask, bias=None, *, out_mask=None, trainable=None):
     y = F.linear(x, masked_weight(weight, mask, trainable), bias)
-    return _apply_out_mask(y, out_mask, conv=False)
+    return apply_out_mask(y, out_mask, conv=False)
 
 
 def task_conv2d(x, weight, owner, task: Task, bias=None, stride=1, padding=0, dilation=1,
                 groups=1, *, out_mask=None):
-    y = _per_task(x, task, lambda xs, t: F.conv2d(
+    y = per_task(x, task, lambda xs, t: F.conv2d(
         xs, task_weight(weight, owner, t), None, stride, padding, dilation, groups))
     if bias is not None:
         y = y + bias.reshape(-1, 1, 1)
-    return _apply_out_mask(y, out_mask, conv=True)
+    return apply_out_mask(y, out_mask, conv=True)
 
 
 def masked_conv2d(x, weight, mask, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                   out_mask=None, trainable=None):
     y = F.conv2d(x, masked_weight(weight, mask, trainable), bias, stride, padding, dilation, groups)
-    return _apply_out_mask(y, out_mask, conv=True)
+    return apply_out_mask(y, out_mask, conv=True)

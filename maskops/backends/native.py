@@ -12,6 +12,7 @@ from torch._prims_common import suggest_memory_format
 
 from maskops import plan
 from maskops.backends import Vis
+from maskops.ops import conv_output_shape
 
 try:
     from maskops import _C
@@ -93,12 +94,6 @@ def backend(name: str) -> NativeBackend:
 # ----------------------------------------------------------------------------- fake kernels
 
 
-def _conv_output_shape(x_shape, w_shape, stride, padding, dilation):
-    return [x_shape[0], w_shape[0]] + [
-        (x_shape[2 + a] + 2 * padding[a] - dilation[a] * (w_shape[2 + a] - 1) - 1) // stride[a] + 1
-        for a in (0, 1)]
-
-
 def _empty(shape, like):
     """An uninitialized tensor in the memory format the kernels give (that of `like`)."""
     return torch.empty(shape, dtype=like.dtype, device=like.device,
@@ -123,7 +118,7 @@ def _register_fakes():
     @fake("maskops::native_conv2d_forward")
     def _(x, weight, mode, owner, mask, task, row_task, bias, out_mask, stride, padding,
           dilation, groups):
-        shape = _conv_output_shape(x.shape, weight.shape, stride, padding, dilation)
+        shape = conv_output_shape(x.shape, weight.shape, stride, padding, dilation)
         return _empty(shape, x)
 
     @fake("maskops::native_conv2d_grad_input")

@@ -62,17 +62,11 @@ def _summed(vis: Vis, a: torch.Tensor, b: torch.Tensor, run) -> torch.Tensor:
     return total if total is not None else run(a, b, vis.task)
 
 
-def _out_mask(y, out_mask, conv):
-    if out_mask is None:
-        return y
-    return y * (out_mask.reshape(*out_mask.shape, 1, 1) if conv else out_mask)
-
-
 def linear_forward(x, w, vis, bias, out_mask):
     y = _by_rows(vis, x, x.shape[0], lambda xs, t: F.linear(xs, effective_weight(w, vis, t)))
     if bias is not None:
         y = y + bias
-    return _out_mask(y, out_mask, conv=False)
+    return reference.apply_out_mask(y, out_mask, conv=False)
 
 
 def linear_grad_input(grad, w, vis):
@@ -88,7 +82,7 @@ def conv2d_forward(x, w, vis, bias, out_mask, stride, padding, dilation, groups)
         xs, effective_weight(w, vis, t), None, stride, padding, dilation, groups))
     if bias is not None:
         y = y + bias.reshape(-1, 1, 1)
-    return _out_mask(y, out_mask, conv=True)
+    return reference.apply_out_mask(y, out_mask, conv=True)
 
 
 def conv2d_grad_input(grad, w, vis, input_shape, stride, padding, dilation, groups):

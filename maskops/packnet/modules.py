@@ -86,7 +86,7 @@ class TaskHeads(nn.Module):
             raise ValueError("per-sample tasks need TaskHeads whose heads all have the same width")
         if task.numel():
             self._check_range(int(task.min()), int(task.max()))
-        return reference._per_task(input, task, lambda rows, t: self.heads[t - 1](rows))
+        return reference.per_task(input, task, lambda rows, t: self.heads[t - 1](rows))
 
     def _check_range(self, low: int, high: int) -> None:
         if low < 1 or high > len(self.heads):
