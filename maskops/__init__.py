@@ -1,14 +1,15 @@
 """maskops: task-masked matmul and convolution for PackNet/DGM-style multi-task networks."""
-from maskops import backends as _backends
-from maskops.backends import available_backends, use_backend
+from maskops import fakes as _fakes  # noqa: F401  (fake kernels of the ops)
+from maskops.backends import available_backends, bridge as _bridge, use_backend  # noqa: F401
 from maskops.ops import masked_conv2d, masked_linear, task_conv2d, task_linear
+from maskops.routing import Routing, route
 from maskops import nn
 from maskops.nn import convert, set_task
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "task_linear", "task_conv2d", "masked_linear", "masked_conv2d",
+    "task_linear", "task_conv2d", "masked_linear", "masked_conv2d", "route", "Routing",
     "nn", "convert", "set_task", "available_backends", "use_backend",
 ]
 

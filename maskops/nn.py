@@ -5,21 +5,42 @@ constructor, Parameters and state_dict keys, plus:
     owner     uint8 buffer shaped like the weight (default all 1s: every weight
               belongs to task 1, so a fresh or converted layer computes what the
               plain layer computes)
-    task      int or (B,) integer tensor, default 1
+    task      int, default 1, or per-sample tasks: a (B,) integer tensor, routed when it is
+              set (maskops.route), or a Routing
     out_mask  None or a (out,) / (B, out) tensor multiplying the output channels
 A state_dict without `owner` (a plain nn.Linear/nn.Conv2d one) loads with owner = 1s.
 """
 from __future__ import annotations
+
+from typing import Union
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from maskops import ops
+from maskops.routing import Routing, route
+
+
+def _routed(task, device):
+    """task as the ops take it: per-sample task tensors routed once, here."""
+    if isinstance(task, torch.Tensor) and task.dim() > 0:
+        return route(task, device)
+    if isinstance(task, Routing) and task.device != device:
+        return task.to(device)
+    return task
 
 
 class _TaskMasked:
     """Owner buffer, task and out_mask shared by both layers."""
+
+    @property
+    def task(self) -> Union[int, Routing]:
+        return self._task
+
+    @task.setter
+    def task(self, value):
+        self._task = _routed(value, self.weight.device)
 
     def _init_task_state(self):
         self.register_buffer("owner", torch.ones(self.weight.shape, dtype=torch.uint8,
@@ -37,7 +58,8 @@ class _TaskMasked:
                                       unexpected_keys, error_msgs)
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, task={self.task if isinstance(self.task, int) else 'per-sample'}"
+        task = self.task if not isinstance(self.task, Routing) else "per-sample"
+        return f"{super().extra_repr()}, task={task}"
 
 
 class MaskedLinear(_TaskMasked, nn.Linear):
@@ -86,8 +108,11 @@ def convert(model: nn.Module) -> nn.Module:
 
 
 def set_task(model: nn.Module, task) -> nn.Module:
-    """Set `task` (int or (B,) tensor) on every masked layer of `model`."""
-    for module in model.modules():
-        if isinstance(module, _TaskMasked):
-            module.task = task
+    """Set `task` (int, or per-sample tasks: a (B,) tensor or Routing) on every masked layer
+    of `model`.  A task tensor is checked and routed once here, for all layers."""
+    layers = [m for m in model.modules() if isinstance(m, _TaskMasked)]
+    if layers:
+        task = _routed(task, layers[0].weight.device)
+    for module in layers:
+        module.task = task
     return model

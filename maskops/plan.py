@@ -13,13 +13,14 @@ CUDA backend: bit j of word [n, w] is visible(owner[n, 32*w + j], task).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from maskops import reference
+from maskops.modes import Mode
 
 
 class TilePlan(NamedTuple):
@@ -63,10 +64,7 @@ def tile_plan(keep: torch.Tensor, bn: int, bk: int, exact: bool = True) -> TileP
 
 def pack_visible(owner: torch.Tensor, task: int) -> torch.Tensor:
     """1-bit visibility map (N, ceil(K/32)) int32 of a 2-D owner map for `task`."""
-    n, k = owner.shape
-    bits = F.pad(reference.visible(owner, task), (0, -k % 32)).view(n, -1, 32).to(torch.int64)
-    words = (bits << torch.arange(32, device=owner.device)).sum(-1)
-    return (words - (words >= 2 ** 31).to(torch.int64) * 2 ** 32).to(torch.int32)
+    return torch.ops.maskops.pack_visible(owner, task)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -102,21 +100,22 @@ def laid_out(owner: torch.Tensor, name: str, layout: Layout) -> torch.Tensor:
     return layout(owner) if copy is None else copy
 
 
-def _keep(owner: torch.Tensor, mode: str, task: int) -> torch.Tensor:
-    if mode == "visible":
+def _keep(owner: torch.Tensor, mode: Optional[Mode], task: int) -> torch.Tensor:
+    if mode == Mode.visible:
         return reference.visible(owner, task)
-    if mode == "trainable":
+    if mode == Mode.trainable:
         return reference.trainable(owner, task)
-    return owner > 0  # "any": visible to some task; bounds every task's mask
+    return owner > 0  # visible to some task: bounds every task's mask
 
 
-def owner_plan(owner: torch.Tensor, name: str, layout: Layout, mode: str, task: int,
+def owner_plan(owner: torch.Tensor, name: str, layout: Layout, mode: Optional[Mode], task: int,
                bn: int, bk: int) -> TilePlan:
-    """Tile plan of `mode` ('visible', 'trainable' or 'any') for `task`, in layout `name`."""
+    """Tile plan of `mode` (visible or trainable) for `task`, in layout `name`; with mode
+    None, of the weights any task sees (rows of several tasks)."""
     def build():
         return tile_plan(_keep(laid_out(owner, name, layout), mode, task), bn, bk,
-                         exact=mode != "any")
-    return cached(owner, ("plan", name, mode, task if mode != "any" else 0, bn, bk), build)
+                         exact=mode is not None)
+    return cached(owner, ("plan", name, mode, task if mode is not None else 0, bn, bk), build)
 
 
 def owner_bits(owner: torch.Tensor, name: str, layout: Layout, task: int) -> torch.Tensor:

@@ -1,9 +1,16 @@
-// The Python module maskops._C: loading it registers the native ops (ops.cpp and the
-// per-device files); its attributes say what this build contains.
-#include <pybind11/pybind11.h>
+// The Python module maskops._C: loading it registers the ops (ops.cpp and the kernel files);
+// its attributes give the shared definitions of csrc/modes.h, the argument checks for the fake
+// kernels, routing, and what this build contains.
+#include <torch/extension.h>
 
+#include "args.h"
 #include "csrc/cpu/avx2.h"
 #include "csrc/cpu/parallel.h"
+#include "entries.h"
+#include "kernels.h"
+#include "owner_cache.h"
+#include "python_backends.h"
+#include "routing.h"
 
 #ifndef MASKOPS_CUDA_ARCHS
 #define MASKOPS_CUDA_ARCHS ""
@@ -20,7 +27,38 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace maskops;
   m.doc() = "maskops native kernels (CPU, and CUDA when built with it)";
+
+  py::dict modes;
+  modes["dense"] = int(Mode::dense);
+  modes["visible"] = int(Mode::visible);
+  modes["trainable"] = int(Mode::trainable);
+  modes["mask"] = int(Mode::mask);
+  modes["bits"] = int(Mode::bits);
+  m.attr("modes") = modes;
+  py::dict backends;
+  for (Backend b : {Backend::automatic, Backend::torch, Backend::cpu, Backend::triton, Backend::cuda})
+    backends[backend_name(b)] = int64_t(b);
+  m.attr("backends") = backends;
+  py::dict limits;
+  limits["max_task"] = kMaxTask;
+  limits["task_ids"] = kTaskIds;
+  limits["gpu_few_rows"] = kGpuFewRows;
+  m.attr("limits") = limits;
+
+  bind_entries(m);
+  m.def("check_task_linear", &check_task_linear);
+  m.def("check_masked_linear", &check_masked_linear);
+  m.def("check_task_conv2d", &check_task_conv2d);
+  m.def("check_masked_conv2d", &check_masked_conv2d);
+  m.def("route", &route, py::arg("task"), py::arg("device") = py::none(),
+        "Per-sample task ids as (task int32, order int64, offsets int64 on the CPU).");
+  m.def("cached_visible_bits", &cached_visible_bits, py::arg("owner"), py::arg("task"),
+        "pack_visible(owner, task), built once per owner version and task.");
+  m.def("set_python_bridge", &set_python_bridge,
+        "Where the ops hand calls of the torch and triton backends (maskops does this).");
+
 #ifdef MASKOPS_WITH_CUDA
   m.attr("with_cuda") = true;
 #else
@@ -28,11 +66,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("cuda_archs") = MASKOPS_CUDA_ARCHS;  // e.g. "8.0;9.0a"
   m.attr("compiler") = MASKOPS_COMPILER;
-  m.attr("with_openmp") = maskops::cpu::openmp_enabled();
-  m.def("max_threads", &maskops::cpu::max_threads,
+  m.attr("with_openmp") = cpu::openmp_enabled();
+  m.def("max_threads", &cpu::max_threads,
         "Threads the CPU kernels use (OpenMP's current maximum).");
-  m.def("avx2_enabled", &maskops::cpu::avx2_enabled,
+  m.def("avx2_enabled", &cpu::avx2_enabled,
         "Whether the CPU kernels use their AVX2 versions (the CPU has AVX2 and FMA).");
-  m.def("set_avx2_enabled", &maskops::cpu::set_avx2_enabled, py::arg("enabled"),
+  m.def("set_avx2_enabled", &cpu::set_avx2_enabled, py::arg("enabled"),
         "Use the AVX2 CPU kernels where the CPU has them (True) or the portable ones (False).");
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 import maskops
+from maskops import backends
 
 TOLERANCE = {
     torch.float64: dict(rtol=1e-10, atol=1e-10),
@@ -16,6 +17,12 @@ TOLERANCE = {
 def cpu_backends() -> list[str]:
     """Backends that run CPU tensors natively (the interpreter backend has its own tests)."""
     return [b for b in maskops.available_backends() if b in ("torch", "cpu")]
+
+
+def op_backends() -> list[str]:
+    """Every backend that runs float32 CPU tensors here (triton through its interpreter)."""
+    return [b for b in maskops.available_backends()
+            if backends.supports(b, torch.device("cpu"), torch.float32)]
 
 
 def owner_map(shape, num_tasks=3, generator=None) -> torch.Tensor:

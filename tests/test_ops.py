@@ -1,11 +1,12 @@
-"""The four public ops against maskops.reference, on every CPU backend."""
+"""The four public ops (maskops/ops.py) against maskops.reference on every CPU backend, and
+what a user of them relies on: autograd, in-place use of outputs, torch.compile and export."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import maskops
 from maskops import reference
-from tests.helpers import assert_close_all, cpu_backends, grads, owner_map
+from tests.helpers import assert_close_all, cpu_backends, grads, op_backends, owner_map
 
 BACKENDS = cpu_backends()
 DTYPES = [torch.float32, torch.float64]
@@ -198,43 +199,6 @@ def test_gradcheck_fp64(backend):
             lambda x, w, m: maskops.masked_conv2d(x, w, m, None, 1, "same", 2, 2), (xc, wc, softc))
 
 
-def _opcheck_samples():
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 5, generator=g, requires_grad=True)
-    w = torch.randn(4, 5, generator=g, requires_grad=True)
-    owner = owner_map(w.shape, generator=g)
-    b = torch.randn(4, generator=g, requires_grad=True)
-    xc = torch.randn(2, 4, 6, 6, generator=g, requires_grad=True)
-    wc = torch.randn(4, 2, 3, 3, generator=g, requires_grad=True)
-    oc = owner_map(wc.shape, generator=g)
-    geo = ([1, 1], [1, 1], [1, 1], 2)
-    tasks = torch.tensor([1, 3, 2])
-    grad, gradc = torch.randn(3, 4, generator=g), torch.randn(2, 4, 6, 6, generator=g)
-    rows = tasks.to(torch.int32)
-    ops = torch.ops.maskops
-    # The backward ops run in backward passes; they have no derivative of their own.
-    w0, x0, wc0, xc0 = w.detach(), x.detach(), wc.detach(), xc.detach()
-    return [
-        (ops.task_linear.default, (x, w, owner, 2, None, b, None)),
-        (ops.task_linear.default, (x, w, owner, 0, tasks, b, torch.rand(3, 4, requires_grad=True))),
-        (ops.masked_linear.default, (x, w, torch.rand(4, 5, requires_grad=True), None, b, None)),
-        (ops.task_conv2d.default, (xc, wc, oc, 3, None, None, torch.rand(4), *geo)),
-        (ops.masked_conv2d.default, (xc, wc, oc > 1, None, b, None, *geo)),
-        (ops.linear_grad_input.default, (grad, w0, "visible", owner, None, 0, rows)),
-        (ops.linear_grad_weight.default, (grad, x0, "trainable", owner, None, 2, None)),
-        (ops.conv2d_grad_input.default, (gradc, wc0, "visible", oc, None, 2, None, [2, 4, 6, 6], *geo)),
-        (ops.conv2d_grad_weight.default, (gradc, xc0, "mask", None, oc > 0, 1, None, list(wc.shape), *geo)),
-    ]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", range(9))
-def test_opcheck(backend, case):
-    op, args = _opcheck_samples()[case]
-    with maskops.use_backend(backend):
-        torch.library.opcheck(op, args)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_inputs(backend):
     w = torch.randn(4, 5, requires_grad=True)
@@ -274,3 +238,110 @@ def test_compile_fullgraph_forward_and_backward():
     y.sum().backward()
     grad = model[3].weight.grad
     assert torch.all(grad[model[3].owner != 2] == 0) and torch.count_nonzero(grad) > 0
+
+
+def _tiny_calls():
+    """(name, fn(x-like inputs) -> output, leaves) for each public op, tiny shapes."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 5, generator=g, requires_grad=True)
+    w = torch.randn(4, 5, generator=g, requires_grad=True)
+    owner = owner_map(w.shape, generator=g)
+    xc = torch.randn(2, 4, 5, 5, generator=g, requires_grad=True)
+    wc = torch.randn(3, 4, 3, 3, generator=g, requires_grad=True)
+    oc = owner_map(wc.shape, generator=g)
+    return [
+        ("task_linear", lambda: maskops.task_linear(x, w, owner, torch.tensor([1, 3, 2])), [x, w]),
+        ("masked_linear", lambda: maskops.masked_linear(x, w, owner > 1), [x, w]),
+        ("task_conv2d", lambda: maskops.task_conv2d(xc, wc, oc, 2, padding=1), [xc, wc]),
+        ("masked_conv2d", lambda: maskops.masked_conv2d(xc, wc, oc > 1, padding=1), [xc, wc]),
+    ]
+
+
+@pytest.mark.parametrize("backend", op_backends())
+@pytest.mark.parametrize("case", range(4))
+def test_outputs_can_be_modified_in_place(backend, case):
+    """An op's output is no view: an in-place activation after it works in training."""
+    name, call, leaves = _tiny_calls()[case]
+    with maskops.use_backend(backend):
+        y = call()
+        assert not y._is_view(), name
+        expected = torch.autograd.grad(torch.relu(call()).sum(), leaves)
+        torch.relu_(y)
+        got = torch.autograd.grad(y.sum(), leaves)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_converted_model_with_inplace_activation_trains(backend):
+    model = maskops.convert(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(inplace=True),
+                                                torch.nn.Linear(4, 2), torch.nn.Dropout(0.5, inplace=True)))
+    with maskops.use_backend(backend):
+        model(torch.randn(2, 8)).sum().backward()
+    assert model[0].weight.grad is not None and torch.count_nonzero(model[0].weight.grad) > 0
+
+
+def test_double_backward_raises():
+    x = torch.randn(3, 5, requires_grad=True)
+    w = torch.randn(4, 5, requires_grad=True)
+    (gx,) = torch.autograd.grad(maskops.task_linear(x, w, owner_map(w.shape), 2).sum(), [x],
+                                create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_compile_fullgraph_with_per_sample_routing(backend):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5))
+    maskops.convert(model)
+    for layer in (model[0], model[3]):
+        layer.owner.copy_(owner_map(layer.weight.shape))
+    maskops.set_task(model, torch.tensor([1, 3, 2]))
+    x = torch.randn(3, 3, 4, 4)
+    with maskops.use_backend(backend):
+        expected = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        y = compiled(x)
+        torch.testing.assert_close(y, expected)
+        y.sum().backward()
+    grad = model[3].weight.grad
+    assert torch.all(grad[model[3].owner == 0] == 0) and torch.count_nonzero(grad) > 0
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_export(backend):
+    model = maskops.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                                torch.nn.Linear(16, 5))).eval()
+    for layer in (model[0], model[2]):
+        layer.owner.copy_(owner_map(layer.weight.shape))
+    maskops.set_task(model, 2)
+    x = torch.randn(2, 3, 4, 4)
+    with maskops.use_backend(backend):
+        exported = torch.export.export(model, (x,))
+        targets = {str(node.target) for node in exported.graph.nodes}
+        assert "maskops.task_linear.default" in targets and "maskops.task_conv2d.default" in targets
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+HOST_READS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::unique",
+              "aten::_unique", "aten::_unique2")
+
+
+def test_mixed_task_forward_reads_nothing_on_the_host():
+    model = maskops.convert(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        *[torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()) for _ in range(4)]))
+    for module in model.modules():
+        if isinstance(module, (maskops.nn.MaskedLinear, maskops.nn.MaskedConv2d)):
+            module.owner.copy_(owner_map(module.weight.shape))
+    x = torch.randn(6, 3, 4, 4)
+    maskops.set_task(model, torch.tensor([1, 2, 3, 3, 1, 2]))
+    model(x)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y = model(x)
+    reads = [e.name for e in prof.events() if e.name in HOST_READS]
+    assert reads == []
+    y.sum()  # the profile saw the forward
+    expected = model(x)
+    torch.testing.assert_close(y, expected)

@@ -4,7 +4,8 @@ import gc
 import pytest
 import torch
 
-from maskops import plan, reference
+from maskops import _C, plan, reference
+from maskops.modes import Mode
 
 
 def _unpack(words: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,11 +72,11 @@ def _layout(t):
 
 def test_plan_is_cached_per_owner_task_and_rebuilt_when_the_owner_changes():
     owner = torch.randint(0, 3, (40, 40), dtype=torch.uint8)
-    first = plan.owner_plan(owner, "m", _layout, "visible", 1, 16, 16)
-    assert plan.owner_plan(owner, "m", _layout, "visible", 1, 16, 16) is first
-    assert plan.owner_plan(owner, "m", _layout, "visible", 2, 16, 16) is not first
+    first = plan.owner_plan(owner, "m", _layout, Mode.visible, 1, 16, 16)
+    assert plan.owner_plan(owner, "m", _layout, Mode.visible, 1, 16, 16) is first
+    assert plan.owner_plan(owner, "m", _layout, Mode.visible, 2, 16, 16) is not first
     owner.zero_()  # in place: the version counter moves
-    rebuilt = plan.owner_plan(owner, "m", _layout, "visible", 1, 16, 16)
+    rebuilt = plan.owner_plan(owner, "m", _layout, Mode.visible, 1, 16, 16)
     assert rebuilt is not first and rebuilt.tiles.numel() == 0
 
 
@@ -83,11 +84,12 @@ def test_trainable_plan_covers_exactly_the_owned_tiles():
     owner = torch.zeros(32, 32, dtype=torch.uint8)
     owner[:16, 16:] = 2
     owner[16:, :16] = 1
-    p = plan.owner_plan(owner, "m", _layout, "trainable", 2, 16, 16)
+    p = plan.owner_plan(owner, "m", _layout, Mode.trainable, 2, 16, 16)
     assert p.tiles.tolist() == [2 * 1 + 1]  # tile (0, 1), full
 
 
 def test_cache_entry_dies_with_its_owner():
+    gc.collect()  # owners of earlier tests
     owner = torch.ones(8, 8, dtype=torch.uint8)
     plan.owner_bits(owner, "m", _layout, 1)
     size = len(plan._cache)
@@ -108,5 +110,26 @@ def test_copying_layouts_are_cached_and_views_are_not():
 def test_inference_tensor_owner_builds_without_cache():
     with torch.inference_mode():
         owner = torch.ones(16, 16, dtype=torch.uint8)
-    p = plan.owner_plan(owner, "m", _layout, "visible", 1, 16, 16)
+    p = plan.owner_plan(owner, "m", _layout, Mode.visible, 1, 16, 16)
     assert p.tiles.tolist() == [1]
+
+
+def test_native_bit_map_cache_follows_the_owner():
+    """The C++ cache the cuda backend reads its 1-bit maps from (python/owner_cache.cpp)."""
+    owner = torch.randint(0, 4, (5, 70), dtype=torch.uint8)
+    first = _C.cached_visible_bits(owner, 2)
+    assert _C.cached_visible_bits(owner, 2).data_ptr() == first.data_ptr()  # built once
+    assert torch.equal(first, plan.pack_visible(owner, 2))
+    assert not torch.equal(_C.cached_visible_bits(owner, 1), first)
+    owner[:, :40] = 3  # a new version: rebuilt
+    again = _C.cached_visible_bits(owner, 2)
+    assert torch.equal(again, plan.pack_visible(owner, 2)) and not torch.equal(again, first)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (2, 31), (2, 33)])
+def test_pack_visible_shapes(shape):
+    owner = torch.randint(0, 3, shape, dtype=torch.uint8)
+    words = plan.pack_visible(owner, 1)
+    assert words.shape == (shape[0], -(-shape[1] // 32)) and words.dtype == torch.int32
+    visible, padding = _unpack(words, shape[1])
+    assert torch.equal(visible, reference.visible(owner, 1)) and not padding.any()

@@ -90,19 +90,12 @@ bool all_fused(const TaskGroups& groups) {
   return true;
 }
 
-// Only the task-dependent rules need rows grouped by task.
-template <class T>
-TaskGroups groups_for(int64_t rows, const Vis<T>& vis) {
-  return group_by_task(vis.per_task() ? vis.row_task : nullptr, rows, vis.task);
-}
-
 }  // namespace
 
 template <class T>
 void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, const Vis<T>& vis,
-                    const Epilogue<T>& epilogue, T* y, Gemm<T> gemm) {
+                    const TaskGroups& groups, const Epilogue<T>& epilogue, T* y, Gemm<T> gemm) {
   if (M == 0 || N == 0) return;
-  const TaskGroups groups = groups_for(M, vis);
   const GroupedRows<T> xs(x, K, groups);
   GroupedOutput<T> ys(y, M, N, groups);
   const bool epilogue_here = !groups.reordered() && epilogue.active();
@@ -212,9 +205,8 @@ void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_
 
 template <class T>
 void linear_grad_input(const T* grad, int64_t M, int64_t N, const T* w, int64_t K,
-                       const Vis<T>& vis, T* gx, Gemm<T> gemm) {
+                       const Vis<T>& vis, const TaskGroups& groups, T* gx, Gemm<T> gemm) {
   if (M == 0 || K == 0) return;
-  const TaskGroups groups = groups_for(M, vis);
   const GroupedRows<T> gs(grad, N, groups);
   GroupedOutput<T> gxs(gx, M, K, groups);
   // Private partial sums cost threads * M * K: only for small batches.
@@ -227,9 +219,12 @@ void linear_grad_input(const T* grad, int64_t M, int64_t N, const T* w, int64_t 
 
 template <class T>
 void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t K,
-                        const Vis<T>& vis, T* gw, Gemm<T> gemm) {
+                        const Vis<T>& vis, const TaskGroups& groups, T* gw, Gemm<T> gemm) {
   if (N == 0 || K == 0) return;
-  const TaskGroups groups = groups_for(M, vis);
+  if (M == 0) {
+    std::memset(gw, 0, sizeof(T) * N * K);
+    return;
+  }
   const GroupedRows<T> gs(grad, N, groups);
   const GroupedRows<T> xs(x, K, groups);
   const int64_t tile_cols = block_size(K, kGradWeightTileCols, 16);
@@ -265,11 +260,11 @@ void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t
 
 #define MASKOPS_INSTANTIATE(T)                                                                  \
   template void linear_forward<T>(const T*, int64_t, int64_t, const T*, int64_t, const Vis<T>&, \
-                                  const Epilogue<T>&, T*, Gemm<T>);                             \
+                                  const TaskGroups&, const Epilogue<T>&, T*, Gemm<T>);          \
   template void linear_grad_input<T>(const T*, int64_t, int64_t, const T*, int64_t,             \
-                                     const Vis<T>&, T*, Gemm<T>);                               \
+                                     const Vis<T>&, const TaskGroups&, T*, Gemm<T>);            \
   template void linear_grad_weight<T>(const T*, int64_t, int64_t, const T*, int64_t,            \
-                                      const Vis<T>&, T*, Gemm<T>);
+                                      const Vis<T>&, const TaskGroups&, T*, Gemm<T>);
 MASKOPS_INSTANTIATE(float)
 MASKOPS_INSTANTIATE(double)
 #undef MASKOPS_INSTANTIATE

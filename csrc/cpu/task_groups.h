@@ -1,10 +1,18 @@
-// Rows (linear) or images (conv) grouped by task, so each group runs with one selection.
+// Samples of a mixed-task batch sorted by task (the routing of a batch), and the groups of
+// rows the kernels run with one selection each.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "../modes.h"
+
 namespace maskops::cpu {
+
+// Stable counting sort of `samples` task ids (each in 1..kMaxTask; std::invalid_argument
+// otherwise): order[i] is the sample at sorted position i, and the samples of task t are
+// order[offsets[t] .. offsets[t + 1]).  offsets has kTaskIds + 1 entries.
+void sort_by_task(const int32_t* task, int64_t samples, int64_t* order, int64_t* offsets);
 
 struct TaskGroup {
   unsigned task;
@@ -19,10 +27,14 @@ struct TaskGroups {
   int64_t row(int64_t i) const { return reordered() ? order[i] : i; }
 };
 
-// Stable counting sort of `rows` rows by row_task (values 1..255; throws std::invalid_argument
-// otherwise).  With row_task null, or one task for every row, there is one group and no
-// reordering.
-TaskGroups group_by_task(const int32_t* row_task, int64_t rows, int task);
+// All `rows` rows with one task.
+TaskGroups single_task(unsigned task, int64_t rows);
+
+// Groups of rows from a routing (sort_by_task's order and offsets) where each sample has
+// `rows_per_sample` consecutive rows.  One task present: no reordering.  Throws
+// std::invalid_argument if order and offsets are not a routing of `samples` samples.
+TaskGroups group_rows(const int64_t* order, const int64_t* offsets, int64_t samples,
+                      int64_t rows_per_sample);
 
 // dst[i, :] = src[order[i], :] for i < order.size(); rows of `cols` elements.
 template <class T>

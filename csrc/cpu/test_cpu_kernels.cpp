@@ -58,11 +58,6 @@ T naive_effective(const Vis<T>& v, size_t i, T w, int t) {
   }
 }
 
-template <class T>
-int row_task_of(const Vis<T>& v, int64_t row) {
-  return v.row_task && v.per_task() ? v.row_task[row] : v.task;
-}
-
 struct Case {
   int64_t M, N, K;
   Mode mode;
@@ -85,7 +80,12 @@ void check_linear(const Case& c, double tol) {
   v.binary = c.soft ? nullptr : binary.data();
   v.soft = c.soft ? soft.data() : nullptr;
   v.task = 2;
-  v.row_task = c.row_tasks ? tasks.data() : nullptr;
+  // Per-row tasks as the binding layer passes them: a routing, turned into row groups.
+  std::vector<int64_t> order(M), offsets(maskops::kTaskIds + 1);
+  sort_by_task(tasks.data(), M, order.data(), offsets.data());
+  const bool per_row = c.row_tasks && v.per_task();
+  const TaskGroups groups = per_row ? group_rows(order.data(), offsets.data(), M, 1)
+                                    : single_task(unsigned(v.task), M);
   Epilogue<T> epi;
   if (c.bias) epi.bias = bias.data();
   epi.out_mask = out_mask.data();
@@ -93,7 +93,7 @@ void check_linear(const Case& c, double tol) {
 
   std::vector<T> y_want(M * N), gx_want(M * K, T(0)), gw_want(N * K, T(0));
   for (int64_t i = 0; i < M; ++i) {
-    const int t = row_task_of(v, i);
+    const int t = per_row ? tasks[i] : v.task;
     for (int64_t n = 0; n < N; ++n) {
       double s = 0;
       for (int64_t k = 0; k < K; ++k) {
@@ -107,9 +107,9 @@ void check_linear(const Case& c, double tol) {
     }
   }
   std::vector<T> y(M * N), gx(M * K), gw(N * K, T(7));
-  linear_forward<T>(x.data(), M, K, w.data(), N, v, epi, y.data(), simple_gemm<T>);
-  linear_grad_input<T>(g.data(), M, N, w.data(), K, v, gx.data(), simple_gemm<T>);
-  linear_grad_weight<T>(g.data(), M, N, x.data(), K, v, gw.data(), simple_gemm<T>);
+  linear_forward<T>(x.data(), M, K, w.data(), N, v, groups, epi, y.data(), simple_gemm<T>);
+  linear_grad_input<T>(g.data(), M, N, w.data(), K, v, groups, gx.data(), simple_gemm<T>);
+  linear_grad_weight<T>(g.data(), M, N, x.data(), K, v, groups, gw.data(), simple_gemm<T>);
   char what[160];
   std::snprintf(what, sizeof what, "M=%lld N=%lld K=%lld mode=%d soft=%d row_tasks=%d",
                 (long long)M, (long long)N, (long long)K, int(c.mode), c.soft, c.row_tasks);
@@ -128,18 +128,31 @@ void check_linear(const Case& c, double tol) {
 
 void check_groups() {
   const std::vector<int32_t> tasks = {3, 1, 3, 2, 1};
-  const TaskGroups g = group_by_task(tasks.data(), 5, 1);
-  const std::vector<int64_t> order = {1, 4, 3, 0, 2};
-  if (g.groups.size() != 3 || g.order != order || g.groups[2].task != 3 || g.groups[2].begin != 3)
-    std::printf("FAIL group_by_task\n"), ++failures;
+  std::vector<int64_t> order(5), offsets(maskops::kTaskIds + 1);
+  sort_by_task(tasks.data(), 5, order.data(), offsets.data());
+  if (order != std::vector<int64_t>{1, 4, 3, 0, 2} || offsets[1] != 0 || offsets[2] != 2 ||
+      offsets[3] != 3 || offsets[4] != 5 || offsets[maskops::kTaskIds] != 5)
+    std::printf("FAIL sort_by_task\n"), ++failures;
+  // Two rows per sample: rows 2i and 2i+1 belong to sample i.
+  const TaskGroups g = group_rows(order.data(), offsets.data(), 5, 2);
+  const std::vector<int64_t> rows = {2, 3, 8, 9, 6, 7, 0, 1, 4, 5};
+  if (g.groups.size() != 3 || g.order != rows || g.groups[2].task != 3 || g.groups[2].begin != 6)
+    std::printf("FAIL group_rows\n"), ++failures;
   const std::vector<int32_t> same = {2, 2};
-  const TaskGroups one = group_by_task(same.data(), 2, 1);
-  if (one.groups.size() != 1 || one.reordered() || one.groups[0].task != 2)
-    std::printf("FAIL group_by_task with one task\n"), ++failures;
+  sort_by_task(same.data(), 2, order.data(), offsets.data());
+  const TaskGroups one = group_rows(order.data(), offsets.data(), 2, 3);
+  if (one.groups.size() != 1 || one.reordered() || one.groups[0].task != 2 || one.groups[0].end != 6)
+    std::printf("FAIL group_rows with one task\n"), ++failures;
   const std::vector<int32_t> bad = {0};
   try {
-    group_by_task(bad.data(), 1, 1);
-    std::printf("FAIL group_by_task accepted task 0\n"), ++failures;
+    sort_by_task(bad.data(), 1, order.data(), offsets.data());
+    std::printf("FAIL sort_by_task accepted task 0\n"), ++failures;
+  } catch (const std::invalid_argument&) {
+  }
+  offsets[maskops::kTaskIds] = 7;  // more samples than the batch has
+  try {
+    group_rows(order.data(), offsets.data(), 2, 1);
+    std::printf("FAIL group_rows accepted a routing of another batch\n"), ++failures;
   } catch (const std::invalid_argument&) {
   }
 }

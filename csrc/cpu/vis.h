@@ -7,15 +7,12 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../modes.h"
+
 namespace maskops::cpu {
 
-// Matches the `mode` integer of the native ops.
-enum class Mode : int {
-  dense = 0,      // w_eff = w
-  visible = 1,    // w_eff = w where 0 < owner <= task, else 0
-  trainable = 2,  // w_eff = w where owner == task, else 0
-  mask = 3,       // w_eff = w * mask  (binary uint8 0/1, or soft floating)
-};
+// dense, visible, trainable or mask (bits is a GPU format).
+using Mode = ::maskops::Mode;
 
 template <class T>
 struct Vis {
@@ -23,8 +20,7 @@ struct Vis {
   const uint8_t* owner = nullptr;   // visible / trainable
   const uint8_t* binary = nullptr;  // mask mode, uint8 0/1
   const T* soft = nullptr;          // mask mode, floating
-  int task = 1;                     // used when row_task is null
-  const int32_t* row_task = nullptr;  // per row (linear) or image (conv), 1..255
+  int task = 1;                     // rows of several tasks are grouped by the caller (task_groups.h)
 
   // The same selection for the block that starts `offset` elements into the weight.
   Vis at(int64_t offset) const {
@@ -34,7 +30,7 @@ struct Vis {
     if (soft) v.soft += offset;
     return v;
   }
-  // Only visible/trainable depend on the task; the others ignore row_task.
+  // Only visible/trainable depend on the task.
   bool per_task() const { return mode == Mode::visible || mode == Mode::trainable; }
 };
 

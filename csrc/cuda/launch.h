@@ -9,18 +9,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../modes.h"
+
 namespace maskops::cuda {
 
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3 };
 
-// Matches the `mode` integer of the native ops; `bits` is the packed per-task visible map.
-enum class Mode : int {
-  dense = 0,      // w_eff = w
-  visible = 1,    // w where 0 < owner <= task, else 0
-  trainable = 2,  // w where owner == task, else 0
-  mask = 3,       // w * mask (uint8 0/1, or floating in the weight's dtype)
-  bits = 4,       // w where bit (k % 32) of bits[n][k / 32] is set (int32 words)
-};
+// The modes of csrc/modes.h; `bits` is the packed per-task visible map (int32 words).
+using Mode = ::maskops::Mode;
 
 // Which weights take part.  The mask arrays have the weight's shape and layout.
 // Unselected weights are exactly zero (a select, not a multiply), except for soft masks.

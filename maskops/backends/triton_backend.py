@@ -11,9 +11,7 @@ import os
 
 import torch
 
-from maskops.backends import Vis
-
-name = "triton"
+from maskops.selection import Vis
 
 try:
     import triton  # noqa: F401

@@ -28,8 +28,7 @@ class Impl(NamedTuple):
 def backend_names(device, dtype: torch.dtype) -> list:
     """maskops backends available here that run tensors of this device and dtype."""
     device = torch.device(device)
-    return [name for name in maskops.available_backends()
-            if backends.get(name).supports(device, dtype)]
+    return [name for name in maskops.available_backends() if backends.supports(name, device, dtype)]
 
 
 def impl_names(case: Case, device, dtype: torch.dtype) -> list:

@@ -12,15 +12,17 @@ import numbers
 import warnings
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-from maskops import checks
+from maskops.modes import MAX_TASK
 from maskops.nn import MaskedConv2d, MaskedLinear, convert
 from maskops.packnet import checkpoint, guard
 from maskops.packnet.export import plain_copy
 from maskops.packnet.modules import TaskHeads, convert_batchnorm
 from maskops.packnet.tracked import MaskedWeight, Owned, PerTask
+from maskops.routing import Routing, route
 
 POLICIES = ("per_task", "frozen")
 
@@ -94,8 +96,8 @@ class PackNet:
         if self._active is not None:
             raise RuntimeError(f"task {self._active} is still being trained; call end_task() first")
         task = self._num_tasks + 1
-        if task > checks.MAX_TASK:
-            raise RuntimeError(f"PackNet supports at most {checks.MAX_TASK} tasks (uint8 owners)")
+        if task > MAX_TASK:
+            raise RuntimeError(f"PackNet supports at most {MAX_TASK} tasks (uint8 owners)")
         for heads in self._heads:
             if task > len(heads.heads):
                 raise ValueError(f"task {task} has no head: TaskHeads has {len(heads.heads)}")
@@ -156,13 +158,15 @@ class PackNet:
         A (B,) integer tensor runs each sample with its own task; that needs
         bias='frozen' and batchnorm='frozen' (no per-task state to switch).
         """
-        if isinstance(task, torch.Tensor) and task.dim() == 1:
+        if isinstance(task, (torch.Tensor, Routing)) and (isinstance(task, Routing) or task.dim() == 1):
             if self._per_task:
                 raise ValueError("per-sample tasks need PackNet(..., bias='frozen', batchnorm='frozen'): "
                                  "per-task biases and BatchNorm hold one task at a time")
-            if task.numel():
-                self._check_task(int(task.min()))
-                self._check_task(int(task.max()))
+            weight = next(iter(self._layers), None)
+            task = route(task, None if weight is None else weight.weight.device)
+            present = np.flatnonzero(np.diff(task.offsets.numpy()))
+            if present.size:
+                self._check_task(int(present.max()))
         else:
             task = self._check_task(task)
         with torch.no_grad():

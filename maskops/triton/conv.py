@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from maskops.backends import Vis
+from maskops.selection import Vis
 from maskops.triton import launch
 from maskops.triton.masks import Layout, occupancy
 from maskops.triton.materialize import masked_weight
@@ -36,13 +36,6 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).contiguous()  # free when t is channels_last
 
 
-def _per_pixel(vis: Vis, pixels: int) -> Vis:
-    """Per-image tasks as per-row tasks of the implicit GEMM (rows are pixels)."""
-    if vis.row_task is None:
-        return vis
-    return vis._replace(row_task=vis.row_task.repeat_interleave(pixels))
-
-
 def _out_size(size, k, stride, padding, dilation):
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
@@ -61,7 +54,7 @@ def conv2d_forward(x, w, vis: Vis, bias, out_mask, stride, padding, dilation, gr
             y = F.conv2d(x, masked_weight(w, vis, packed), bias, stride, padding, dilation, groups)
             return y if out_mask is None else y.mul_(out_mask.reshape(*out_mask.shape, 1, 1))
         xh, out = _nhwc(x), x.new_empty((batch, oh, ow, cout))
-        gemm(xh, w, _per_pixel(vis, oh * ow), _forward_layout(groups), out.view(rows, cout), cfg,
+        gemm(xh, w, vis.per_row(oh * ow), _forward_layout(groups), out.view(rows, cout), cfg,
              gather=IM2COL.value, geometry=geometry, bias=bias, out_mask=out_mask, om_div=oh * ow,
              packed=packed)
         return out.permute(0, 3, 1, 2)
@@ -69,7 +62,7 @@ def conv2d_forward(x, w, vis: Vis, bias, out_mask, stride, padding, dilation, gr
         launch.tune_key("conv2d_forward", rows, x.dtype, vis, *x.shape, *w.shape, stride, padding,
                         dilation, groups, occupancy(vis, _forward_layout(groups)), packed,
                         out_mask is not None),
-        launch.gemm_configs(rows, cout, kh * kw * cin_g, x.dtype, x.device, vis.row_task is not None),
+        launch.gemm_configs(rows, cout, kh * kw * cin_g, x.dtype, x.device, vis.mixed),
         run, config)
 
 
@@ -86,14 +79,14 @@ def conv2d_grad_input(grad, w, vis: Vis, input_shape, stride, padding, dilation,
             return conv2d_input(input_shape, masked_weight(w, vis, packed), grad, stride, padding,
                                 dilation, groups)
         gh, out = _nhwc(grad), grad.new_empty((batch, h, wd, c))
-        gemm(gh, w, _per_pixel(vis, h * wd), _input_grad_layout(groups), out.view(rows, c), cfg,
+        gemm(gh, w, vis.per_row(h * wd), _input_grad_layout(groups), out.view(rows, c), cfg,
              gather=DGRAD.value, geometry=geometry, packed=packed)
         return out.permute(0, 3, 1, 2)
     return launch.choose(
         launch.tune_key("conv2d_grad_input", rows, grad.dtype, vis, *input_shape, *w.shape, stride,
                         padding, dilation, groups, occupancy(vis, _input_grad_layout(groups)), packed),
         launch.gemm_configs(rows, c, kh * kw * cout // groups, grad.dtype, grad.device,
-                            vis.row_task is not None), run, config)
+                            vis.mixed), run, config)
 
 
 def conv2d_grad_weight(grad, x, vis: Vis, weight_shape, stride, padding, dilation, groups, *,
@@ -109,10 +102,10 @@ def conv2d_grad_weight(grad, x, vis: Vis, weight_shape, stride, padding, dilatio
         if cfg.materialize:
             return masked_weight(conv2d_weight(x, weight_shape, grad, stride, padding, dilation, groups),
                                  vis)
-        dw = wgrad(_nhwc(grad).view(rows, cout), _nhwc(x), _per_pixel(vis, oh * ow),
+        dw = wgrad(_nhwc(grad).view(rows, cout), _nhwc(x), vis.per_row(oh * ow),
                    _forward_layout(groups), shape, cfg, gather=IM2COL.value, geometry=geometry)
         return dw.view(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
     return launch.choose(
         launch.tune_key("conv2d_grad_weight", rows, x.dtype, vis, *x.shape, *weight_shape, stride,
                         padding, dilation, groups, occupancy(vis, _forward_layout(groups))),
-        launch.wgrad_configs(rows, x.dtype, vis.row_task is not None), run, config)
+        launch.wgrad_configs(rows, x.dtype, vis.mixed), run, config)

@@ -1,16 +1,15 @@
 """Rows of a mixed-task batch grouped by task, for one-launch grouped GEMMs.
 
-Rows are sorted by task (a stable argsort on device) and cut into M-tiles that hold
-one task each; `_tile_table_kernel` builds the table of those tiles in one small
+Rows come sorted by task (the batch's routing, maskops.routing) and are cut into M-tiles
+that hold one task each; `_tile_table_kernel` builds the table of those tiles in one small
 launch, without reading anything back to the host (no sync, CUDA-graph capturable).
 """
 import torch
 import triton
 import triton.language as tl
 
+from maskops.modes import TASK_IDS
 from maskops.triton import launch
-
-TASKS = 256  # task ids 0..255; 0 never occurs in a batch
 
 
 @triton.jit
@@ -43,21 +42,21 @@ def _tile_table_kernel(task_ptr, table_ptr, count_ptr, rows, n_table, BM,
         tl.store(table_ptr + 3 * i + 2, tl.where(used, task, 0), mask=ok)
 
 
-def row_groups(row_task: torch.Tensor, bm: int):
-    """(perm, table, count) for rows with tasks `row_task` (int32, values 1..255).
+def row_groups(row_task: torch.Tensor, row_order: torch.Tensor, bm: int):
+    """(perm, table, count) for rows with tasks `row_task` (int32, values 1..255) whose
+    stable order by task is `row_order`.
 
-    perm (rows,) int64: the original row of each position in task order.
+    perm (rows,) int64: the original row of each position in task order (row_order).
     table (T, 3) int32: (start, end, task) of each M-tile over positions in task order; T is
         an upper bound (tiles of full tasks plus one partial tile per task), unused tiles are
         (0, 0, 0) at the end.  count (1,) int32: the tiles in use.
     """
     rows = row_task.shape[0]
-    perm = torch.argsort(row_task, stable=True)
-    n_table = launch.cdiv(rows, bm) + min(rows, TASKS - 1)
+    n_table = launch.cdiv(rows, bm) + min(rows, TASK_IDS - 1)
     table = torch.empty((n_table, 3), dtype=torch.int32, device=row_task.device)
     count = torch.empty(1, dtype=torch.int32, device=row_task.device)
     _tile_table_kernel[(1,)](row_task, table, count, rows, n_table, bm,
-                             BLOCK_R=1024, BLOCK_T=64, TASKS=TASKS)
+                             BLOCK_R=1024, BLOCK_T=64, TASKS=TASK_IDS)
     if row_task.device.type == "cpu":  # reading the count back costs nothing here: drop unused tiles
         table = table[:int(count)]
-    return perm, table, count
+    return row_order, table, count

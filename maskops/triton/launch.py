@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from maskops.modes import GPU_FEW_ROWS
+
 # Set to False to run the first (heuristic) config instead of timing the candidates.
 AUTOTUNE = os.environ.get("MASKOPS_TRITON_AUTOTUNE", "1") != "0"
 
@@ -62,7 +64,7 @@ def gemm_configs(m: int, n: int, k: int, dtype: torch.dtype, device: torch.devic
     if interpreting():
         return [INTERPRETER]
     wide = dtype != torch.float32  # 2-byte types: twice the K per tile in the same shared memory
-    if m <= 64 or (grouped and m <= 1024):
+    if m <= GPU_FEW_ROWS or (grouped and m <= 1024):
         bm, bk = (16 if grouped else max(16, _pow2_at_least(m))), (128 if wide else 64)
         k_tiles = cdiv(k, bk)
 
@@ -113,7 +115,7 @@ _tuned: dict = {}
 def tune_key(name: str, rows: int, dtype: torch.dtype, vis, *shape) -> tuple:
     """What a tuned config is remembered by: the op, rows rounded up to a power of two,
     dtype, mask mode, per-row tasks or not, and the op's other sizes and flags."""
-    return (name, _pow2_at_least(rows), dtype, vis.mode, vis.row_task is not None) + shape
+    return (name, _pow2_at_least(rows), dtype, vis.mode, vis.mixed) + shape
 
 
 def gpu_time(fn: Callable[[], object]) -> float:

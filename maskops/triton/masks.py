@@ -13,8 +13,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from maskops import plan
-from maskops.backends import Vis
-from maskops.triton import tiles
+from maskops.modes import Mode
+from maskops.selection import Vis
 
 
 class Layout(NamedTuple):
@@ -23,12 +23,12 @@ class Layout(NamedTuple):
 
 
 class WeightMask(NamedTuple):
-    kind: int                           # a tiles.* mask constant
+    kind: int                           # the kernel's MASK: a Mode (bits: the 1-bit map)
     tensor: Optional[torch.Tensor]      # (G, N, K), or packed bits (G, N, ceil(K/32))
     plan: Optional[plan.TilePlan]       # tiles to visit; None: all of them
 
 
-DENSE = WeightMask(tiles.NONE.value, None, None)
+DENSE = WeightMask(int(Mode.dense), None, None)
 
 
 def weight_mask(vis: Vis, layout: Layout, bn: int, bk: int, *, packed: bool = False,
@@ -39,25 +39,23 @@ def weight_mask(vis: Vis, layout: Layout, bn: int, bk: int, *, packed: bool = Fa
     With per-row tasks the plan is the union over tasks (owner > 0) and each M-tile masks
     with its own task.  `packed` asks for the 1-bit visibility map (visible mode, one task).
     """
-    if vis.mode == "dense":
+    if vis.mode == Mode.dense:
         return DENSE
-    if vis.mode == "mask":
-        mask = layout.fn(vis.mask)
-        return WeightMask((tiles.SCALE if mask.is_floating_point() else tiles.BINARY).value, mask, None)
-    grouped = vis.row_task is not None
+    if vis.mode == Mode.mask:
+        return WeightMask(int(Mode.mask), layout.fn(vis.mask), None)
+    grouped = vis.mixed
     tile_plan = None if not tiles_plan else plan.owner_plan(
-        vis.owner, layout.name, layout.fn, "any" if grouped else vis.mode, vis.task, bn, bk)
-    if vis.mode == "visible" and packed and not grouped and bk % 32 == 0:
-        return WeightMask(tiles.BITS.value, plan.owner_bits(vis.owner, layout.name, layout.fn, vis.task),
+        vis.owner, layout.name, layout.fn, None if grouped else vis.mode, vis.task, bn, bk)
+    if vis.mode == Mode.visible and packed and not grouped and bk % 32 == 0:
+        return WeightMask(int(Mode.bits), plan.owner_bits(vis.owner, layout.name, layout.fn, vis.task),
                           tile_plan)
-    kind = tiles.VISIBLE if vis.mode == "visible" else tiles.TRAINABLE
-    return WeightMask(kind.value, plan.laid_out(vis.owner, layout.name, layout.fn), tile_plan)
+    return WeightMask(int(vis.mode), plan.laid_out(vis.owner, layout.name, layout.fn), tile_plan)
 
 
 def occupancy(vis: Vis, layout: Layout) -> int:
     """Quarters of 64x64 weight tiles the op must visit (0..4), -1 without an owner plan.
     Part of the autotuning key: a block-sparse owner wants other tiles than a dense one."""
-    if vis.owner is None or vis.row_task is not None:
+    if vis.owner is None or vis.mixed:
         return -1
     p = plan.owner_plan(vis.owner, layout.name, layout.fn, vis.mode, vis.task, 64, 64)
     groups = p.row_ptr.numel() - 1

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from maskops.backends import Vis
+from maskops.selection import Vis
 from maskops.triton import launch
 from maskops.triton.masks import Layout, weight_mask
 from maskops.triton.tiles import apply_keep, keep_of, load_raw_mask
@@ -27,7 +27,7 @@ def _masked_weight_kernel(w_ptr, m_ptr, out_ptr, N, K, task, s_mn,
     full = k0 & 0  # no plan: no tile is known to be full
     w = tl.load(w_ptr + offs, mask=ok, other=0.0)
     raw = load_raw_mask(m_ptr, 0, offs_n, offs_n < N, k0, K, full, 0, s_mn, 1, MASK, BN, BK)
-    tl.store(out_ptr + offs, apply_keep(w, keep_of(raw, full, task, MASK), MASK), mask=ok)
+    tl.store(out_ptr + offs, apply_keep(w, keep_of(raw, full, task, MASK)), mask=ok)
 
 
 FLAT = Layout("flat", lambda t: t.reshape(1, t.shape[0], -1))  # any weight as (N, rest)

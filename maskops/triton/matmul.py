@@ -21,12 +21,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from maskops.backends import Vis
+from maskops.selection import Vis
 from maskops.triton import launch
 from maskops.triton.groups import row_groups
 from maskops.triton.masks import Layout, occupancy, weight_mask
 from maskops.triton.materialize import masked_weight
-from maskops.triton.tiles import (NONE, PLAIN, apply_keep, keep_of, load_out_mask, load_raw_mask,
+from maskops.triton.tiles import (DENSE, PLAIN, apply_keep, keep_of, load_out_mask, load_raw_mask,
                                   load_rows, row_coords, store_output, tile_rows)
 
 
@@ -99,9 +99,9 @@ def _gemm_kernel(a_ptr, b_ptr, m_ptr, c_ptr, bias_ptr, om_ptr, perm_ptr, table_p
                       Hs, Ws, Cs, KW, Cg, s0, s1, d0, d1, GATHER)
         w = tl.load(b_ptr + g * s_bg + offs_n[:, None] * s_bn + offs_k[None, :] * s_bk,
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        if MASK != NONE:
+        if MASK != DENSE:
             raw = load_raw_mask(m_ptr, g, offs_n, n_ok, k0, Kg, full, s_mg, s_mn, s_mk, MASK, BN, BK)
-            w = apply_keep(w, keep_of(raw, full, t, MASK), MASK)
+            w = apply_keep(w, keep_of(raw, full, t, MASK))
         if SWAP_AB:
             acc = tl.dot(w, tl.trans(a), acc)
         else:
@@ -148,7 +148,7 @@ def _wgrad_kernel(g_ptr, x_ptr, m_ptr, dw_ptr, perm_ptr, table_ptr, count_ptr, t
     n_ok = offs_n < Ng
     k_ok = offs_k < Kg
     raw = 0
-    if MASK != NONE:
+    if MASK != DENSE:
         raw = load_raw_mask(m_ptr, g, offs_n, n_ok, k0, Kg, full, s_mg, s_mn, s_mk, MASK, BN, BK)
     if GROUPED:
         m_tiles = tl.load(count_ptr)
@@ -164,20 +164,20 @@ def _wgrad_kernel(g_ptr, x_ptr, m_ptr, dw_ptr, perm_ptr, table_ptr, count_ptr, t
         a = load_rows(x_ptr, rows, row_ok, image, y0, x0, offs_k, k_ok, g * Cg, s_xm,
                       Hs, Ws, Cs, KW, Cg, s0, s1, d0, d1, GATHER)
         part = tl.dot(tl.trans(grad), a)
-        if GROUPED and MASK != NONE:  # each M-tile has its own task
-            part = apply_keep(part, keep_of(raw, full, t, MASK), MASK)
+        if GROUPED and MASK != DENSE:  # each M-tile has its own task
+            part = apply_keep(part, keep_of(raw, full, t, MASK))
         acc += part
-    if (not GROUPED) and MASK != NONE:
-        acc = apply_keep(acc, keep_of(raw, full, task, MASK), MASK)
+    if (not GROUPED) and MASK != DENSE:
+        acc = apply_keep(acc, keep_of(raw, full, task, MASK))
     tl.store(dw_ptr + g * s_dg + offs_n[:, None] * s_dn + offs_k[None, :],
              acc.to(dw_ptr.dtype.element_ty), mask=n_ok[:, None] & k_ok[None, :])
 
 
 def _rows(vis: Vis, bm: int):
     """(perm, table, count) for per-row tasks; None otherwise."""
-    if vis.row_task is None:
+    if not vis.mixed:
         return None, None, None
-    return row_groups(vis.row_task, bm)
+    return row_groups(vis.row_task, vis.row_order, bm)
 
 
 def gemm(a: torch.Tensor, weight: torch.Tensor, vis: Vis, layout: Layout, out: torch.Tensor,
@@ -277,7 +277,7 @@ def linear_forward(x, w, vis: Vis, bias=None, out_mask=None, *, config=None, pac
     return launch.choose(
         launch.tune_key("linear_forward", m, x.dtype, vis, *w.shape, occupancy(vis, LINEAR), packed,
                         out_mask is not None),
-        launch.gemm_configs(m, w.shape[0], k, x.dtype, x.device, vis.row_task is not None), run, config)
+        launch.gemm_configs(m, w.shape[0], k, x.dtype, x.device, vis.mixed), run, config)
 
 
 def linear_grad_input(grad, w, vis: Vis, *, config=None):
@@ -291,7 +291,7 @@ def linear_grad_input(grad, w, vis: Vis, *, config=None):
         return gemm(grad, w, vis, LINEAR_T, out, cfg)
     return launch.choose(
         launch.tune_key("linear_grad_input", m, grad.dtype, vis, *w.shape, occupancy(vis, LINEAR_T)),
-        launch.gemm_configs(m, w.shape[1], n, grad.dtype, grad.device, vis.row_task is not None),
+        launch.gemm_configs(m, w.shape[1], n, grad.dtype, grad.device, vis.mixed),
         run, config)
 
 
@@ -305,4 +305,4 @@ def linear_grad_weight(grad, x, vis: Vis, *, config=None):
         return wgrad(grad, x, vis, LINEAR, shape, cfg).squeeze(0)
     return launch.choose(
         launch.tune_key("linear_grad_weight", x.shape[0], x.dtype, vis, *shape, occupancy(vis, LINEAR)),
-        launch.wgrad_configs(x.shape[0], x.dtype, vis.row_task is not None), run, config)
+        launch.wgrad_configs(x.shape[0], x.dtype, vis.mixed), run, config)

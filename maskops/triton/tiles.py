@@ -7,13 +7,14 @@ plain matrix or, for convolutions, from an NHWC tensor (implicit GEMM).
 import triton
 import triton.language as tl
 
-# How the weight tile is masked (MASK).
-NONE = tl.constexpr(0)       # dense
-VISIBLE = tl.constexpr(1)    # uint8 owner: 0 < owner <= task
-TRAINABLE = tl.constexpr(2)  # uint8 owner: owner == task
-BINARY = tl.constexpr(3)     # uint8 0/1 mask
-SCALE = tl.constexpr(4)      # floating mask, multiplies
-BITS = tl.constexpr(5)       # 1-bit packed visibility, 32 columns per int32 word
+from maskops.modes import Mode
+
+# How the weight tile is masked (MASK): the modes of csrc/modes.h.
+DENSE = tl.constexpr(int(Mode.dense))
+VISIBLE = tl.constexpr(int(Mode.visible))      # uint8 owner: 0 < owner <= task
+TRAINABLE = tl.constexpr(int(Mode.trainable))  # uint8 owner: owner == task
+MASK = tl.constexpr(int(Mode.mask))            # uint8 0/1 mask, or a floating one that multiplies
+BITS = tl.constexpr(int(Mode.bits))            # 1-bit packed visibility, 32 columns per int32 word
 
 # How activation rows are read (GATHER).
 PLAIN = tl.constexpr(0)      # row-major matrix
@@ -42,13 +43,13 @@ def load_raw_mask(m_ptr, g, offs_n, n_ok, k0, Kg, full, s_mg, s_mn, s_mk,
 
 @triton.jit
 def keep_of(raw, full, task, MASK: tl.constexpr):
-    """Which weights of the tile take part (bool), or the scale (SCALE) for raw mask values."""
+    """Which weights of the tile take part (bool), or a soft mask's scales, from raw mask values."""
     if MASK == VISIBLE:
         owner = raw.to(tl.int32)
         keep = ((owner > 0) & (owner <= task)) | (full != 0)
     elif MASK == TRAINABLE:
         keep = (raw.to(tl.int32) == task) | (full != 0)
-    elif MASK == SCALE:
+    elif raw.dtype.is_floating():  # a soft mask: its values scale the weights
         keep = raw
     else:
         keep = (raw != 0) | (full != 0)
@@ -56,8 +57,10 @@ def keep_of(raw, full, task, MASK: tl.constexpr):
 
 
 @triton.jit
-def apply_keep(w, keep, MASK: tl.constexpr):
-    if MASK == SCALE:
+def apply_keep(w, keep):
+    """w where keep (exact zeros elsewhere, so an unselected inf/nan never passes), or w
+    scaled by a soft mask."""
+    if keep.dtype.is_floating():
         out = w * keep.to(w.dtype)
     else:
         out = tl.where(keep, w, 0.0)

@@ -1,11 +1,10 @@
-"""The native CPU backend (maskops._C) against maskops.reference.
+"""The `cpu` backend (csrc/cpu through python/cpu_ops.cpp) against maskops.reference.
 
 Sizes reach the paths the small op tests do not: the fused few-row kernels and the
 panel + BLAS path, ragged blocks, tiles without trainable weights, the AVX2 and the
-portable kernels.  Also the native ops' registrations (opcheck, fake kernels, load order).
+portable kernels.  Also its backward ops in every mode, its argument checks, and that it
+runs with no Python at all.
 """
-import json
-import os
 import subprocess
 import sys
 
@@ -13,18 +12,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-_C = pytest.importorskip("maskops._C", reason="maskops._C is not built: "
-                         "run `python setup.py build_ext --inplace` (make build)")
-
-import maskops  # noqa: E402
-from maskops import info, reference  # noqa: E402
-from maskops.backends import native  # noqa: E402
-from tests.helpers import assert_close_all, grads, owner_map  # noqa: E402
+import maskops
+from maskops import _C, backends, reference
+from maskops.modes import Mode
+from tests.helpers import assert_close_all, grads, owner_map
 
 DTYPES = [torch.float32, torch.float64]
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(params=[True, False], ids=["avx2", "portable"])
@@ -224,96 +219,82 @@ def test_conv2d_frozen_layer_gets_zero_weight_grad():
     assert torch.all(gw == 0)
 
 
-# ----------------------------------------------------------------------------- native ops
+# ----------------------------------------------------------------------------- the ops' cpu kernels
+
+ops = torch.ops.maskops
+CPU, TORCH = backends.IDS["cpu"], backends.IDS["torch"]
 
 
-def _linear_args(mode, rows=5, n=7, k=19, dtype=torch.float64, per_row=False):
-    g = torch.Generator().manual_seed(mode)
-    x = torch.randn(rows, k, generator=g, dtype=dtype)
-    w = torch.randn(n, k, generator=g, dtype=dtype)
-    owner = owner_map((n, k), generator=g) if mode in (1, 2) else None
-    mask = (torch.rand(n, k, generator=g) > 0.5).to(torch.uint8) if mode == 3 else None
-    row_task = torch.randint(1, 4, (rows,), generator=g, dtype=torch.int32) if per_row else None
-    return x, w, owner, mask, row_task
+def _selection(mode, shape, routing, g):
+    """(mode, owner, mask, task, tasks, order, offsets) arguments of a backward op."""
+    owner = owner_map(shape, generator=g) if mode in (Mode.visible, Mode.trainable) else None
+    mask = torch.rand(shape, generator=g, dtype=torch.float64) if mode == Mode.mask else None
+    return (int(mode), owner, mask, 2, *(routing if owner is not None else (None,) * 3))
 
 
-def _conv_args(mode, per_image=False):
-    g = torch.Generator().manual_seed(mode)
-    x = torch.randn(3, 4, 7, 6, generator=g, dtype=torch.float64)
-    w = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
-    owner = owner_map(w.shape, generator=g) if mode in (1, 2) else None
-    mask = torch.rand(w.shape, generator=g, dtype=torch.float64) if mode == 3 else None
-    row_task = torch.tensor([2, 1, 3], dtype=torch.int32) if per_image else None
-    return x, w, owner, mask, row_task
-
-
-def _native_op_samples():
-    ops = torch.ops.maskops
+@pytest.mark.parametrize("mode", list(Mode)[:4], ids=lambda m: m.name)
+@pytest.mark.parametrize("mixed", [False, True])
+def test_backward_ops_match_the_torch_backend(mode, mixed):
+    """Every mode of the backward ops: the cpu kernels against the torch backend's."""
+    g = torch.Generator().manual_seed(int(mode))
+    routing = tuple(maskops.route(torch.tensor([2, 1, 3]))) if mixed else (None,) * 3
+    x, w = torch.randn(3, 2, 19, generator=g, dtype=torch.float64), torch.randn(7, 19, dtype=torch.float64)
+    grad = torch.randn(3, 2, 7, generator=g, dtype=torch.float64)
+    sel = _selection(mode, w.shape, routing, g)
+    for op, args in ((ops.linear_grad_input, (grad, w)), (ops.linear_grad_weight, (grad, x))):
+        torch.testing.assert_close(op(*args, *sel, CPU), op(*args, *sel, TORCH))
+    xc = torch.randn(3, 4, 7, 6, generator=g, dtype=torch.float64)
+    wc = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
+    gc = torch.randn(3, 6, 4, 2, generator=g, dtype=torch.float64)
+    selc = _selection(mode, wc.shape, routing, g)
     geometry = ([2, 1], [1, 0], [1, 2], 2)
-    for mode, per_row in ((0, False), (1, True), (2, False), (2, True), (3, False)):
-        x, w, owner, mask, row_task = _linear_args(mode, per_row=per_row)
-        grad = torch.randn(x.shape[0], w.shape[0], dtype=x.dtype)
-        sel = (mode, owner, mask, 2, row_task)
-        yield ops.native_linear_forward, (x, w, *sel, torch.randn(w.shape[0], dtype=x.dtype),
-                                          torch.rand(x.shape[0], w.shape[0], dtype=x.dtype))
-        yield ops.native_linear_grad_input, (grad, w, *sel)
-        yield ops.native_linear_grad_weight, (grad, x, *sel)
-        xc, wc, oc, mc, tc = _conv_args(mode, per_image=per_row)
-        selc = (mode, oc, mc, 2, tc)
-        yc = torch.ops.maskops.native_conv2d_forward(xc, wc, *selc, None, None, *geometry)
-        yield ops.native_conv2d_forward, (xc, wc, *selc, torch.randn(6, dtype=xc.dtype),
-                                          torch.rand(6, dtype=xc.dtype), *geometry)
-        yield ops.native_conv2d_grad_input, (torch.randn_like(yc), wc, *selc, list(xc.shape),
-                                             *geometry)
-        yield ops.native_conv2d_grad_weight, (torch.randn_like(yc), xc, *selc, list(wc.shape),
-                                              *geometry)
+    for op, args in ((ops.conv2d_grad_input, (gc, wc, *selc, list(xc.shape))),
+                     (ops.conv2d_grad_weight, (gc, xc, *selc, list(wc.shape)))):
+        torch.testing.assert_close(op(*args, *geometry, CPU), op(*args, *geometry, TORCH))
 
 
-def test_native_ops_pass_opcheck():
-    for op, args in _native_op_samples():
-        torch.library.opcheck(op, args)
+def test_conv_keeps_channels_last():
+    x = torch.randn(3, 4, 7, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    with maskops.use_backend("cpu"):
+        y = maskops.task_conv2d(x, w, owner_map(w.shape), torch.tensor([2, 1, 3]), padding=1, groups=2)
+    assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_native_ops_channels_last_fake_matches_real():
-    x, w, owner, _, _ = _conv_args(1)
-    x = x.contiguous(memory_format=torch.channels_last)
-    args = (x, w, 1, owner, None, 2, None, None, None, [1, 1], [1, 1], [1, 1], 2)
-    torch.library.opcheck(torch.ops.maskops.native_conv2d_forward, args)
-    assert torch.ops.maskops.native_conv2d_forward(*args).is_contiguous(
-        memory_format=torch.channels_last)
+def test_ops_reject_bad_arguments():
+    x, w = torch.randn(5, 19, dtype=torch.float64), torch.randn(7, 19, dtype=torch.float64)
+    owner, grad = owner_map(w.shape), torch.randn(5, 7, dtype=torch.float64)
+    none = (None, None, None)
+    with pytest.raises(ValueError, match="mode must be"):
+        ops.linear_grad_input(grad, w, 7, owner, None, 2, *none, CPU)
+    with pytest.raises(ValueError, match="owner is required"):
+        ops.linear_grad_input(grad, w, int(Mode.visible), None, None, 2, *none, CPU)
+    with pytest.raises(TypeError, match="owner must be a torch.uint8"):
+        ops.linear_grad_input(grad, w, int(Mode.visible), owner.float(), None, 2, *none, CPU)
+    with pytest.raises(ValueError, match="task must be in 1..255"):
+        ops.linear_grad_input(grad, w, int(Mode.visible), owner, None, 0, *none, CPU)
+    routing = maskops.route(torch.tensor([1, 2, 1, 3, 2]))
+    with pytest.raises(ValueError, match="comes with its order and offsets"):
+        ops.task_linear(x, w, owner, 0, routing.task, None, None, None, None, CPU)
+    bad = routing.offsets.clone()
+    bad[-1] = 9  # a routing of another batch: refused before any row is read
+    with pytest.raises(ValueError, match="not a routing of this batch"):
+        ops.task_linear(x, w, owner, 0, routing.task, routing.order, bad, None, None, CPU)
+    with pytest.raises(RuntimeError, match="does not support torch.float16 tensors on cpu"):
+        ops.task_linear(x.half(), w.half(), owner, 1, *none, None, None, CPU)
 
 
-def test_native_ops_handle_empty_batches():
-    ops = torch.ops.maskops
-    x, w, owner, _, _ = _linear_args(2, rows=0)
-    row_task = torch.zeros(0, dtype=torch.int32)
-    assert ops.native_linear_forward(x, w, 1, owner, None, 2, row_task, None, None).shape == (0, 7)
-    grad = torch.zeros(0, 7, dtype=x.dtype)
-    assert ops.native_linear_grad_input(grad, w, 1, owner, None, 2, None).shape == (0, 19)
-    gw = ops.native_linear_grad_weight(grad, x, 2, owner, None, 2, row_task)
-    assert gw.shape == (7, 19) and torch.all(gw == 0)
-    xc, wc, oc, _, _ = _conv_args(1)
-    geometry = ([1, 1], [1, 1], [1, 1], 2)
-    y = ops.native_conv2d_forward(xc[:0], wc, 1, oc, None, 2, None, None, None, *geometry)
-    assert y.shape == (0, 6, 7, 6)
-
-
-def test_native_ops_reject_bad_arguments():
-    ops = torch.ops.maskops
-    x, w, owner, _, _ = _linear_args(1)
-    with pytest.raises(RuntimeError, match="mode must be 0..3"):
-        ops.native_linear_forward(x, w, 7, owner, None, 2, None, None, None)
-    with pytest.raises(RuntimeError, match="owner is required"):
-        ops.native_linear_forward(x, w, 1, None, None, 2, None, None, None)
-    with pytest.raises(RuntimeError, match="owner must be uint8"):
-        ops.native_linear_forward(x, w, 1, owner.float(), None, 2, None, None, None)
-    with pytest.raises(RuntimeError, match="task must be in 1..255"):
-        ops.native_linear_forward(x, w, 1, owner, None, 0, None, None, None)
-    with pytest.raises(ValueError, match="outside 1..255"):
-        ops.native_linear_forward(x, w, 1, owner, None, 1, torch.full((5,), 300, dtype=torch.int32),
-                                  None, None)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
-        ops.native_linear_forward(x.half(), w.half(), 1, owner, None, 2, None, None, None)
+def test_the_cpu_backend_needs_no_python():
+    """Loading maskops._C alone registers every op with its C++ kernels; only the Python
+    backends need the package."""
+    code = ("import torch; torch.ops.load_library({so!r}); "
+            "x, w = torch.randn(3, 5), torch.randn(4, 5); o = torch.ones(4, 5, dtype=torch.uint8); "
+            "y = torch.ops.maskops.task_linear(x, w, o, 1, None, None, None, None, None); "
+            "assert torch.allclose(y, x @ w.t(), atol=1e-5)\n"
+            "try:\n torch.ops.maskops.task_linear(x, w, o, 1, None, None, None, None, None, 1)\n"
+            "except RuntimeError as e:\n assert 'import maskops' in str(e), e\n"
+            "else:\n raise AssertionError('the torch backend ran without maskops')")
+    subprocess.run([sys.executable, "-c", code.format(so=_C.__file__)], check=True, cwd="/")
 
 
 def test_gradcheck_through_native_ops():
@@ -337,33 +318,3 @@ def test_gradcheck_through_native_ops():
             (xc, wc))
 
 
-def test_schemas_load_in_either_order():
-    """The C++ schemas and the Python custom ops share the namespace, whichever loads first."""
-    so = _C.__file__
-    checks = "assert torch.ops.maskops.native_linear_forward is not None; " \
-             "assert torch.ops.maskops.task_linear is not None"
-    first_cpp = f"import torch; torch.ops.load_library({so!r}); " \
-                f"import maskops.backends.native; {checks}"
-    first_python = f"import torch, maskops.ops, maskops.backends.native; {checks}"
-    for code in (first_cpp, first_python):
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-
-
-def test_backend_objects():
-    cpu = native.backend("cpu")
-    assert cpu.available() and "cpu" in maskops.available_backends()
-    assert cpu.supports(torch.device("cpu"), torch.float64)
-    assert not cpu.supports(torch.device("cpu"), torch.float16)
-    cuda = native.backend("cuda")
-    assert cuda.available() == (bool(_C.with_cuda) and torch.cuda.is_available())
-    with pytest.raises(ValueError, match="no native backend"):
-        native.backend("tpu")
-
-
-def test_info_reports_the_build(capsys):
-    assert info.main([]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("available backends:") and "cpu" in line for line in lines)
-    assert info.main(["--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["extension"]["built"] and report["extension"]["cuda"] == bool(_C.with_cuda)

@@ -1,4 +1,5 @@
-"""The triton backend against maskops.reference: forward and backward, per-sample tasks,
+"""The `triton` backend (maskops/triton through maskops/backends/triton_backend.py) against
+maskops.reference: forward and backward, per-sample tasks,
 out_mask, conv geometry, tile skipping and the launch configs.
 
 Without a GPU these run in Triton's interpreter on CPU tensors (tests/conftest.py sets
@@ -9,7 +10,9 @@ import torch
 
 import maskops
 from maskops import reference
-from maskops.backends import Vis, triton_backend
+from maskops.backends import triton_backend
+from maskops.modes import Mode
+from maskops.selection import Vis
 
 pytest.importorskip("triton")
 
@@ -119,7 +122,7 @@ def test_task_linear_per_sample_tasks_in_one_launch(monkeypatch, no_autotune):
 
 def test_rows_are_grouped_into_single_task_tiles():
     task = torch.tensor([3, 1, 3, 3, 2, 1, 3, 3, 3, 3, 3, 1, 2], dtype=torch.int32, device=DEVICE)
-    perm, table, count = groups.row_groups(task, 4)
+    perm, table, count = groups.row_groups(task, maskops.route(task).order, 4)
     assert torch.equal(task[perm], task.sort(stable=True).values)
     used = int(count)
     assert used == 4 and table[:used].tolist() == [[0, 3, 1], [3, 5, 2], [5, 9, 3], [9, 13, 3]]
@@ -130,9 +133,9 @@ def test_autotune_key_sees_how_much_of_the_weight_a_task_uses():
     owner = torch.full((4, 4), 2, dtype=torch.uint8, device=DEVICE)
     owner[0] = 1  # task 1 sees a quarter of the 64x64 blocks, task 2 all of them
     owner = owner.repeat_interleave(64, 0).repeat_interleave(64, 1)
-    assert masks.occupancy(Vis("visible", owner, None, 1), matmul.LINEAR) == 1
-    assert masks.occupancy(Vis("visible", owner, None, 2), matmul.LINEAR) == 4
-    assert masks.occupancy(Vis("trainable", owner, None, 2), matmul.LINEAR) == 3
+    assert masks.occupancy(Vis(Mode.visible, owner, None, 1), matmul.LINEAR) == 1
+    assert masks.occupancy(Vis(Mode.visible, owner, None, 2), matmul.LINEAR) == 4
+    assert masks.occupancy(Vis(Mode.trainable, owner, None, 2), matmul.LINEAR) == 3
 
 
 def test_weight_gradient_is_exactly_zero_outside_trainable():
@@ -156,7 +159,7 @@ def test_masked_linear(kind):
 
 def test_bf16_is_computed_in_fp32_by_the_interpreter():
     x, w = torch.randn(6, K, device=DEVICE), torch.randn(N, K, device=DEVICE)
-    vis = Vis("visible", _owner((N, K)), None, 2)
+    vis = Vis(Mode.visible, _owner((N, K)), None, 2)
     got = triton_backend.linear_forward(x.bfloat16(), w.bfloat16(), vis, None, None)
     want = reference.task_linear(x.bfloat16().float(), w.bfloat16().float(), vis.owner, 2)
     assert got.dtype == torch.bfloat16
@@ -178,7 +181,8 @@ def test_linear_kernel_configs(config, packed):
     x, w, owner = args["x"], args["weight"], args["owner"]
     tasks = torch.randint(1, 4, (20,), dtype=torch.int32, device=DEVICE)
     g = torch.randn(20, N, device=DEVICE)
-    for vis, task in [(Vis("visible", owner, None, 2), 2), (Vis("visible", owner, None, 0, tasks), tasks)]:
+    routed = Vis(Mode.visible, owner).routed(maskops.route(tasks))
+    for vis, task in [(Vis(Mode.visible, owner, None, 2), 2), (routed, tasks)]:
         x_ref = x.clone().requires_grad_()
         want = reference.task_linear(x_ref, w, owner, task, args["bias"], out_mask=args["out_mask"])
         want.backward(g)
@@ -196,8 +200,8 @@ def test_materialized_weight_then_dense_library_call(vis_mode):
     # with a Triton kernel, then cuBLAS/cuDNN (here: torch on CPU).
     x, w, owner = torch.randn(9, K, device=DEVICE), torch.randn(N, K, device=DEVICE), _owner((N, K))
     mask = torch.rand(N, K, device=DEVICE)
-    vis = Vis("visible", owner, None, 2) if vis_mode == "visible" else Vis("mask", None, mask)
-    grad_vis = vis._replace(mode="trainable") if vis_mode == "visible" else vis
+    vis = Vis(Mode.visible, owner, None, 2) if vis_mode == "visible" else Vis(Mode.mask, None, mask)
+    grad_vis = vis._replace(mode=Mode.trainable) if vis_mode == "visible" else vis
     w_eff = _effective(w, owner, 2) if vis_mode == "visible" else w * mask
     keep = reference.trainable(owner, 2) if vis_mode == "visible" else mask
     g = torch.randn(9, N, device=DEVICE)
@@ -209,7 +213,7 @@ def test_materialized_weight_then_dense_library_call(vis_mode):
     args = _conv_args("strided_groups")
     wc, oc = args["weight"], args["owner"]
     geometry = (args["stride"],) * 2, (args["padding"],) * 2, (args["dilation"],) * 2, args["groups"]
-    cvis = Vis("visible", oc, None, 2)
+    cvis = Vis(Mode.visible, oc, None, 2)
     y = conv.conv2d_forward(args["x"], wc, cvis, None, None, *geometry, config=cfg)
     _close(y, reference.task_conv2d(args["x"], wc, oc, 2, None, *geometry), torch.float32, "conv")
 
@@ -225,7 +229,7 @@ def test_invisible_tiles_are_never_read():
     owner = torch.randint(1, 3, (N, K), dtype=torch.uint8, device=DEVICE)
     owner[:32, 32:64] = 3
     x[:, 32:64] = float("nan")
-    y = matmul.linear_forward(x, w, Vis("visible", owner, None, 2), config=launch.Config(16, 32, 32))
+    y = matmul.linear_forward(x, w, Vis(Mode.visible, owner, None, 2), config=launch.Config(16, 32, 32))
     assert torch.isfinite(y[:, :32]).all() and torch.isnan(y[:, 32:]).all()
     want = reference.task_linear(x.nan_to_num(0), w, owner, 2)
     _close(y[:, :32], want[:, :32], torch.float32, "visible part")
@@ -236,7 +240,7 @@ def test_zero_out_mask_tiles_are_skipped():
     x[0, 0] = float("nan")  # the skipped tile never multiplies it
     out_mask = torch.ones(N, device=DEVICE)
     out_mask[:32] = 0
-    y = matmul.linear_forward(x, w, Vis("dense"), None, out_mask, config=launch.Config(16, 32, 32))
+    y = matmul.linear_forward(x, w, Vis(Mode.dense), None, out_mask, config=launch.Config(16, 32, 32))
     assert (y[:, :32] == 0).all() and torch.isnan(y[0, 32:]).all()
     _close(y[1:], reference.masked_linear(x[1:], w, torch.ones_like(w), out_mask=out_mask),
            torch.float32, "unmasked rows")
@@ -337,7 +341,7 @@ def test_gpu_conv(no_autotune, dtype, per_sample):
 def test_gpu_linear_configs(config, packed):
     x, w = torch.randn(16, 4096, device="cuda").bfloat16(), torch.randn(4096, 4096, device="cuda").bfloat16()
     owner = torch.randint(0, 3, w.shape, dtype=torch.uint8, device="cuda")
-    y = matmul.linear_forward(x, w, Vis("visible", owner, None, 1), config=config, packed=packed)
+    y = matmul.linear_forward(x, w, Vis(Mode.visible, owner, None, 1), config=config, packed=packed)
     _close(y, reference.task_linear(x.float(), w.float(), owner, 1), torch.bfloat16, str(config))
 
 
@@ -345,6 +349,6 @@ def test_gpu_linear_configs(config, packed):
 def test_gpu_autotuned_linear():
     x, w = torch.randn(32, 2048, device="cuda").half(), torch.randn(1024, 2048, device="cuda").half()
     owner = torch.randint(0, 3, w.shape, dtype=torch.uint8, device="cuda")
-    y = matmul.linear_forward(x, w, Vis("visible", owner, None, 2))
+    y = matmul.linear_forward(x, w, Vis(Mode.visible, owner, None, 2))
     assert launch._tuned  # the candidates were timed and the winner remembered
     _close(y, reference.task_linear(x.float(), w.float(), owner, 2), torch.float16, "autotuned")

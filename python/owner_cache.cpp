@@ -1,0 +1,66 @@
+#include "owner_cache.h"
+
+#include <torch/library.h>
+
+#include <mutex>
+#include <unordered_map>
+
+#include "csrc/modes.h"
+
+namespace maskops {
+
+at::Tensor pack_visible(const at::Tensor& owner, int64_t task) {
+  TORCH_CHECK_TYPE(owner.scalar_type() == at::kByte, "owner must be a torch.uint8 tensor, got ",
+                   owner.scalar_type());
+  TORCH_CHECK_VALUE(owner.dim() == 2, "owner must be 2-D, got shape ", owner.sizes());
+  TORCH_CHECK_VALUE(task >= 1 && task <= kMaxTask, "task must be in 1..", kMaxTask, ", got ", task);
+  const int64_t n = owner.size(0), k = owner.size(1);
+  if (n == 0 || k == 0) return at::zeros({n, (k + 31) / 32}, owner.options().dtype(at::kInt));
+  const at::Tensor visible = (owner > 0).logical_and_(owner <= task).to(at::kLong);
+  const at::Tensor bits = at::constant_pad_nd(visible, {0, (32 - k % 32) % 32}).view({n, -1, 32});
+  const at::Tensor words =
+      bits.bitwise_left_shift(at::arange(32, owner.options().dtype(at::kLong))).sum(-1);
+  // Words above 2^31 - 1 wrap to the int32 with the same bits.
+  return (words - words.ge(int64_t(1) << 31).to(at::kLong) * (int64_t(1) << 32)).to(at::kInt);
+}
+
+namespace {
+
+struct Entry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> owner{c10::intrusive_ptr<c10::TensorImpl>()};
+  uint32_t version = 0;
+  std::unordered_map<int64_t, at::Tensor> bits;
+};
+
+std::mutex mutex;
+std::unordered_map<const c10::TensorImpl*, Entry> cache;
+
+// Entries of owners that no longer exist, dropped now and then.
+void forget_dead_owners() {
+  for (auto it = cache.begin(); it != cache.end();)
+    it = it->second.owner.expired() ? cache.erase(it) : std::next(it);
+}
+
+}  // namespace
+
+at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
+  if (owner.is_inference()) return pack_visible(owner, task);  // no version counter to watch
+  const c10::TensorImpl* key = owner.unsafeGetTensorImpl();
+  const uint32_t version = owner._version();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() > 256) forget_dead_owners();
+  Entry& entry = cache[key];
+  const auto alive = entry.owner.lock();
+  if (alive.get() != key || entry.version != version) {
+    entry = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(owner.getIntrusivePtr()), version, {}};
+  }
+  auto it = entry.bits.find(task);
+  if (it == entry.bits.end()) it = entry.bits.emplace(task, pack_visible(owner, task)).first;
+  return it->second;
+}
+
+TORCH_LIBRARY_IMPL(maskops, CompositeExplicitAutograd, m) {
+  m.impl("pack_visible", &pack_visible);
+}
+
+}  // namespace maskops

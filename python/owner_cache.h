@@ -1,0 +1,16 @@
+// Tensors derived from an owner map, built once per owner version and task and reused
+// while the owner is alive and unchanged (owner_cache.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace maskops {
+
+// The 1-bit visible map of `task` (maskops::pack_visible) of a 2-D owner map.
+at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task);
+
+// The packing itself: int32 (N, ceil(K / 32)), bit j of word [n, w] set where
+// 0 < owner[n, 32 w + j] <= task.
+at::Tensor pack_visible(const at::Tensor& owner, int64_t task);
+
+}  // namespace maskops
