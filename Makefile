@@ -39,6 +39,7 @@ test: test-csrc test-python
 
 bench: build
 	$(PY) -m maskops bench --quick
+	$(PY) -m maskops bench --overhead
 
 clean:
 	rm -rf build cmake-build maskops/_C*.so *.egg-info

@@ -28,20 +28,20 @@ def _pair(v):
 
 
 @fake("maskops::task_linear")
-def _(x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend=0):
+def _(x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend):
     _C.check_task_linear(x, weight, owner, task, tasks, order, offsets, bias, out_mask)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 @fake("maskops::masked_linear")
-def _(x, weight, mask, trainable, bias, out_mask, backend=0):
+def _(x, weight, mask, trainable, bias, out_mask, backend):
     _C.check_masked_linear(x, weight, mask, trainable, bias, out_mask)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 @fake("maskops::task_conv2d")
 def _(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride, padding, dilation,
-      groups, backend=0):
+      groups, backend):
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     _C.check_task_conv2d(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride,
                          padding, dilation, groups)
@@ -49,7 +49,7 @@ def _(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride, pad
 
 
 @fake("maskops::masked_conv2d")
-def _(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation, groups, backend=0):
+def _(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation, groups, backend):
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     _C.check_masked_conv2d(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation,
                            groups)
@@ -57,24 +57,24 @@ def _(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation, gro
 
 
 @fake("maskops::linear_grad_input")
-def _(grad, weight, mode, owner, mask, task, tasks, order, offsets, backend=0):
+def _(grad, weight, mode, owner, mask, task, tasks, order, offsets, backend):
     return grad.new_empty((*grad.shape[:-1], weight.shape[1]))
 
 
 @fake("maskops::linear_grad_weight")
-def _(grad, x, mode, owner, mask, task, tasks, order, offsets, backend=0):
+def _(grad, x, mode, owner, mask, task, tasks, order, offsets, backend):
     return x.new_empty((grad.shape[-1], x.shape[-1]))
 
 
 @fake("maskops::conv2d_grad_input")
 def _(grad, weight, mode, owner, mask, task, tasks, order, offsets, input_shape, stride, padding,
-      dilation, groups, backend=0):
+      dilation, groups, backend):
     return _like(input_shape, grad)
 
 
 @fake("maskops::conv2d_grad_weight")
 def _(grad, x, mode, owner, mask, task, tasks, order, offsets, weight_shape, stride, padding,
-      dilation, groups, backend=0):
+      dilation, groups, backend):
     return x.new_empty(weight_shape)
 
 

@@ -20,14 +20,17 @@ from maskops.routing import Routing, route
 
 Task = Union[int, Tensor, Routing]
 
-_ops = torch.ops.maskops
 _NO_ROUTING = (None, None, None)
 _is_compiling = torch.compiler.is_compiling
 
 
-def _op(name: str):
-    """The op `name` as this call should enter it (eager: maskops._C; traced: torch.ops)."""
-    return getattr(_ops, name).default if _is_compiling() else getattr(_C, name)
+def _entries(name: str) -> tuple:
+    """(eager, traced) spellings of op `name`, indexed by _is_compiling()."""
+    return getattr(_C, name), getattr(torch.ops.maskops, name).default
+
+
+_TASK_LINEAR, _MASKED_LINEAR = _entries("task_linear"), _entries("masked_linear")
+_TASK_CONV2D, _MASKED_CONV2D = _entries("task_conv2d"), _entries("masked_conv2d")
 
 
 def _task(task, x) -> tuple:
@@ -59,7 +62,8 @@ def task_linear(x: Tensor, weight: Tensor, owner: Tensor, task: Task, bias: Opti
     or Routing."""
     task_id, routing = (task, _NO_ROUTING) if type(task) is int else _task(task, x)
     try:
-        return _op("task_linear")(x, weight, owner, task_id, *routing, bias, out_mask, _state.backend)
+        return _TASK_LINEAR[_is_compiling()](x, weight, owner, task_id, *routing, bias, out_mask,
+                                             _state.backend)
     except (RuntimeError, TypeError) as error:
         _reraise_as_type_error(error, x=x, weight=weight, owner=owner, bias=bias, out_mask=out_mask)
         raise
@@ -69,7 +73,8 @@ def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor
                   out_mask: Optional[Tensor] = None, trainable: Optional[Tensor] = None) -> Tensor:
     """y = x @ (weight * mask).T + bias, times out_mask.  `trainable` limits weight gradients."""
     try:
-        return _op("masked_linear")(x, weight, mask, trainable, bias, out_mask, _state.backend)
+        return _MASKED_LINEAR[_is_compiling()](x, weight, mask, trainable, bias, out_mask,
+                                               _state.backend)
     except (RuntimeError, TypeError) as error:
         _reraise_as_type_error(error, x=x, weight=weight, mask=mask, bias=bias, out_mask=out_mask,
                                trainable=trainable)
@@ -105,7 +110,7 @@ def _as_pair(value):
     return (value, value) if type(value) is int else value
 
 
-def _conv(name, x, weight, selection: tuple, bias, out_mask, stride, padding, dilation, groups,
+def _conv(entries, x, weight, selection: tuple, bias, out_mask, stride, padding, dilation, groups,
           named: dict) -> Tensor:
     unbatched = isinstance(x, Tensor) and x.dim() == 3
     if unbatched:
@@ -113,7 +118,7 @@ def _conv(name, x, weight, selection: tuple, bias, out_mask, stride, padding, di
     if isinstance(padding, str):
         x, padding = _string_padding(x, weight, padding, stride, dilation)
     try:
-        y = _op(name)(x, weight, *selection, bias, out_mask, _as_pair(stride), _as_pair(padding),
+        y = entries[_is_compiling()](x, weight, *selection, bias, out_mask, _as_pair(stride), _as_pair(padding),
                       _as_pair(dilation), groups, _state.backend)
     except (RuntimeError, TypeError) as error:
         _reraise_as_type_error(error, x=x, weight=weight, bias=bias, out_mask=out_mask, **named)
@@ -126,7 +131,7 @@ def task_conv2d(x: Tensor, weight: Tensor, owner: Tensor, task: Task, bias: Opti
                 out_mask: Optional[Tensor] = None) -> Tensor:
     """F.conv2d with weight * visible(owner, task); task int, (B,) tensor or Routing."""
     task_id, routing = (task, _NO_ROUTING) if type(task) is int else _task(task, x)
-    return _conv("task_conv2d", x, weight, (owner, task_id, *routing), bias, out_mask, stride,
+    return _conv(_TASK_CONV2D, x, weight, (owner, task_id, *routing), bias, out_mask, stride,
                  padding, dilation, groups, dict(owner=owner))
 
 
@@ -134,5 +139,5 @@ def masked_conv2d(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor
                   stride=1, padding=0, dilation=1, groups: int = 1, *,
                   out_mask: Optional[Tensor] = None, trainable: Optional[Tensor] = None) -> Tensor:
     """F.conv2d with weight * mask.  `trainable` limits weight gradients."""
-    return _conv("masked_conv2d", x, weight, (mask, trainable), bias, out_mask, stride, padding,
+    return _conv(_MASKED_CONV2D, x, weight, (mask, trainable), bias, out_mask, stride, padding,
                  dilation, groups, dict(mask=mask, trainable=trainable))

@@ -91,8 +91,17 @@ def masked_linear(x, weight, mask, bias=None, *, out_mask=None, trainable=None):
     return apply_out_mask(y, out_mask, conv=False)
 
 
+def _dilation(dilation, weight):
+    """dilation, with 1 along an axis whose kernel size is 1 (where it changes nothing; oneDNN
+    in torch 2.13 crashes on a 1x1 kernel with padding, stride 2 and dilation 2 over a
+    width-1 channels_last input)."""
+    pair = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    return tuple(1 if weight.shape[2 + a] == 1 else pair[a] for a in (0, 1))
+
+
 def task_conv2d(x, weight, owner, task: Task, bias=None, stride=1, padding=0, dilation=1,
                 groups=1, *, out_mask=None):
+    dilation = _dilation(dilation, weight)
     y = per_task(x, task, lambda xs, t: F.conv2d(
         xs, task_weight(weight, owner, t), None, stride, padding, dilation, groups))
     if bias is not None:
@@ -102,5 +111,6 @@ def task_conv2d(x, weight, owner, task: Task, bias=None, stride=1, padding=0, di
 
 def masked_conv2d(x, weight, mask, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                   out_mask=None, trainable=None):
+    dilation = _dilation(dilation, weight)
     y = F.conv2d(x, masked_weight(weight, mask, trainable), bias, stride, padding, dilation, groups)
     return apply_out_mask(y, out_mask, conv=True)

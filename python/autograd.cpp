@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "args.h"
@@ -20,43 +22,64 @@ using IntList = std::vector<int64_t>;
 OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 Tensor get(const OptTensor& t) { return t.value_or(Tensor()); }
 
-// The context's needs_input_grad counts defined tensor arguments only; this maps argument
-// positions to those edges.
-struct Edges {
-  IntList edge;
-  int64_t next = 0;
-  void add(const Tensor&) { edge.push_back(next++); }
-  void add(const OptTensor& t) { edge.push_back(t.has_value() && t->defined() ? next++ : -1); }
-  template <class T>
-  void add(const T&) { edge.push_back(-1); }
-};
-
-template <class... Args>
-IntList edges_of(const Args&... args) {
-  Edges e;
-  (e.add(args), ...);
-  return e.edge;
-}
-
-bool needs(AutogradContext* ctx, int argument) {
-  const int64_t edge = ctx->saved_data["edges"].toIntList()[argument];
-  return edge >= 0 && ctx->needs_input_grad(edge);
-}
-
-// The geometry of a conv op, kept for its backward.
+// The geometry of a conv op.
 struct Geometry {
   IntList stride, padding, dilation;
   int64_t groups;
+};
+
+// What a backward needs besides tensors, kept in one saved_data entry (each entry costs a hash
+// map insert and lookup per call): the backend, the task, the edge of every argument (the
+// context's needs_input_grad counts defined tensor arguments only) and a conv's geometry.
+struct State {
+  int64_t backend = 0, task = 1;
+  IntList edges;                      // by argument position; -1: not a tensor with an edge
+  std::optional<Geometry> geometry;   // conv ops
+
+  template <class... Args>
+  static IntList edges_of(const Args&... args) {
+    IntList edges;
+    int64_t next = 0;
+    auto add = [&](const auto& arg) {
+      using T = std::decay_t<decltype(arg)>;
+      if constexpr (std::is_same_v<T, Tensor>)
+        edges.push_back(next++);
+      else if constexpr (std::is_same_v<T, OptTensor>)
+        edges.push_back(arg.has_value() && arg->defined() ? next++ : -1);
+      else
+        edges.push_back(-1);
+    };
+    (add(args), ...);
+    return edges;
+  }
 
   void save(AutogradContext* ctx) const {
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
+    IntList packed = {backend, task, int64_t(edges.size())};
+    packed.insert(packed.end(), edges.begin(), edges.end());
+    if (geometry) {
+      for (const IntList* pair : {&geometry->stride, &geometry->padding, &geometry->dilation})
+        packed.insert(packed.end(), pair->begin(), pair->end());
+      packed.push_back(geometry->groups);
+    }
+    ctx->saved_data["state"] = std::move(packed);
   }
-  static Geometry load(AutogradContext* ctx) {
-    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
+
+  static State load(AutogradContext* ctx) {
+    const IntList packed = ctx->saved_data["state"].toIntVector();
+    State s;
+    s.backend = packed[0];
+    s.task = packed[1];
+    const auto edges_end = packed.begin() + 3 + packed[2];
+    s.edges.assign(packed.begin() + 3, edges_end);
+    if (edges_end != packed.end()) {
+      const auto g = edges_end;
+      s.geometry = Geometry{{g[0], g[1]}, {g[2], g[3]}, {g[4], g[5]}, g[6]};
+    }
+    return s;
+  }
+
+  bool needs(AutogradContext* ctx, int argument) const {
+    return edges[argument] >= 0 && ctx->needs_input_grad(edges[argument]);
   }
 };
 
@@ -133,43 +156,41 @@ struct Backward {
 };
 
 // ----------------------------------------------------------------------------- task ops
-// Saved: x, weight, owner, task, order, offsets, bias, out_mask.
+// Saved: x, weight, owner, tasks, order, offsets, bias, out_mask.
 
 void save_task(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& owner,
-               int64_t task, const OptTensor& tasks, const OptTensor& order,
-               const OptTensor& offsets, const OptTensor& bias, const OptTensor& out_mask,
-               int64_t backend, IntList edges) {
+               const OptTensor& tasks, const OptTensor& order, const OptTensor& offsets,
+               const OptTensor& bias, const OptTensor& out_mask, const State& state) {
   ctx->save_for_backward(
       {x, weight, owner, get(tasks), get(order), get(offsets), get(bias), get(out_mask)});
-  ctx->saved_data["task"] = task;
-  ctx->saved_data["backend"] = backend;
-  ctx->saved_data["edges"] = std::move(edges);
+  state.save(ctx);
 }
 
 // Gradients of (x, weight, owner, task, tasks, order, offsets, bias, out_mask, [geometry], backend).
-variable_list task_backward(AutogradContext* ctx, const Tensor& grad, const Geometry* geometry,
-                            size_t arguments) {
+variable_list task_backward(AutogradContext* ctx, const Tensor& grad) {
   const variable_list v = ctx->get_saved_variables();
+  const State state = State::load(ctx);
   const Tensor &x = v[0], &weight = v[1], &owner = v[2];
   const Routing routing = routing_of(opt(v[3]), opt(v[4]), opt(v[5]));
   const OptTensor bias = opt(v[6]), out_mask = opt(v[7]);
-  const int64_t task = ctx->saved_data["task"].toInt(), backend = ctx->saved_data["backend"].toInt();
+  const Geometry* geometry = state.geometry ? &*state.geometry : nullptr;
   const bool conv = geometry != nullptr;
+  const int64_t task = state.task, backend = state.backend;
   const Backward through{x, weight, backend, geometry};
   const Tensor g = times_out_mask(grad, out_mask, conv);
-  variable_list out(arguments);
-  if (needs(ctx, 0)) out[0] = through.input(g, Mode::visible, owner, std::nullopt, task, routing);
-  if (needs(ctx, 1)) out[1] = through.weights(g, Mode::trainable, owner, std::nullopt, task, routing);
-  if (needs(ctx, 7)) out[7] = bias_grad(g, conv);
-  if (needs(ctx, 8)) {
+  variable_list out(state.edges.size());
+  if (state.needs(ctx, 0))
+    out[0] = through.input(g, Mode::visible, owner, std::nullopt, task, routing);
+  if (state.needs(ctx, 1))
+    out[1] = through.weights(g, Mode::trainable, owner, std::nullopt, task, routing);
+  if (state.needs(ctx, 7)) out[7] = bias_grad(g, conv);
+  if (state.needs(ctx, 8)) {
     const Tensor unmasked =
-        conv ? ops::task_conv2d()
-                   .call(x, weight, owner, task, opt(v[3]), opt(v[4]), opt(v[5]), bias,
-                         std::nullopt, geometry->stride, geometry->padding, geometry->dilation,
-                         geometry->groups, backend)
-             : ops::task_linear()
-                   .call(x, weight, owner, task, opt(v[3]), opt(v[4]), opt(v[5]), bias,
-                         std::nullopt, backend);
+        conv ? ops::task_conv2d().call(x, weight, owner, task, opt(v[3]), opt(v[4]), opt(v[5]),
+                                       bias, std::nullopt, geometry->stride, geometry->padding,
+                                       geometry->dilation, geometry->groups, backend)
+             : ops::task_linear().call(x, weight, owner, task, opt(v[3]), opt(v[4]), opt(v[5]),
+                                       bias, std::nullopt, backend);
     out[8] = out_mask_grad(grad, unmasked, *out_mask, conv);
   }
   return out;
@@ -182,14 +203,15 @@ class TaskLinear : public torch::autograd::Function<TaskLinear> {
                         const OptTensor& order, const OptTensor& offsets, const OptTensor& bias,
                         const OptTensor& out_mask, int64_t backend) {
     at::AutoDispatchBelowADInplaceOrView below;
-    Tensor y = ops::task_linear()
-                   .call(x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend);
-    save_task(ctx, x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend,
-              edges_of(x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend));
+    Tensor y = ops::task_linear().call(x, weight, owner, task, tasks, order, offsets, bias,
+                                       out_mask, backend);
+    save_task(ctx, x, weight, owner, tasks, order, offsets, bias, out_mask,
+              {backend, task, State::edges_of(x, weight, owner, task, tasks, order, offsets,
+                                              bias, out_mask, backend)});
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return task_backward(ctx, grads[0], nullptr, 10);
+    return task_backward(ctx, grads[0]);
   }
 };
 
@@ -201,18 +223,17 @@ class TaskConv2d : public torch::autograd::Function<TaskConv2d> {
                         const OptTensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups, int64_t backend) {
     at::AutoDispatchBelowADInplaceOrView below;
-    Tensor y = ops::task_conv2d()
-                   .call(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride,
-                         padding, dilation, groups, backend);
-    save_task(ctx, x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend,
-              edges_of(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride,
-                       padding, dilation, groups, backend));
-    Geometry{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
+    Tensor y = ops::task_conv2d().call(x, weight, owner, task, tasks, order, offsets, bias,
+                                       out_mask, stride, padding, dilation, groups, backend);
+    save_task(ctx, x, weight, owner, tasks, order, offsets, bias, out_mask,
+              {backend, task,
+               State::edges_of(x, weight, owner, task, tasks, order, offsets, bias, out_mask,
+                               stride, padding, dilation, groups, backend),
+               Geometry{stride.vec(), padding.vec(), dilation.vec(), groups}});
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Geometry geometry = Geometry::load(ctx);
-    return task_backward(ctx, grads[0], &geometry, 14);
+    return task_backward(ctx, grads[0]);
   }
 };
 
@@ -221,41 +242,40 @@ class TaskConv2d : public torch::autograd::Function<TaskConv2d> {
 
 void save_masked(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& mask,
                  const OptTensor& trainable, const OptTensor& bias, const OptTensor& out_mask,
-                 int64_t backend, IntList edges) {
+                 const State& state) {
   ctx->save_for_backward({x, weight, mask, get(trainable), get(bias), get(out_mask)});
-  ctx->saved_data["backend"] = backend;
-  ctx->saved_data["edges"] = std::move(edges);
+  state.save(ctx);
 }
 
 // Gradients of (x, weight, mask, trainable, bias, out_mask, [geometry], backend).
-variable_list masked_backward(AutogradContext* ctx, const Tensor& grad, const Geometry* geometry,
-                              size_t arguments) {
+variable_list masked_backward(AutogradContext* ctx, const Tensor& grad) {
   const variable_list v = ctx->get_saved_variables();
+  const State state = State::load(ctx);
   const Tensor &x = v[0], &weight = v[1], &mask = v[2];
   const OptTensor trainable = opt(v[3]), bias = opt(v[4]), out_mask = opt(v[5]);
-  const int64_t backend = ctx->saved_data["backend"].toInt();
+  const Geometry* geometry = state.geometry ? &*state.geometry : nullptr;
   const bool conv = geometry != nullptr;
+  const int64_t backend = state.backend;
   const Backward through{x, weight, backend, geometry};
   const Tensor g = times_out_mask(grad, out_mask, conv);
   const Routing none;
-  variable_list out(arguments);
-  if (needs(ctx, 0)) out[0] = through.input(g, Mode::mask, std::nullopt, mask, 1, none);
-  if (needs(ctx, 2)) {
+  variable_list out(state.edges.size());
+  if (state.needs(ctx, 0)) out[0] = through.input(g, Mode::mask, std::nullopt, mask, 1, none);
+  if (state.needs(ctx, 2)) {
     // A soft mask's gradient needs the whole of grad^T x: computed once, both derived from it.
     const Tensor full = through.weights(g, Mode::dense, std::nullopt, std::nullopt, 1, none);
     out[2] = full * weight;
-    if (needs(ctx, 1)) out[1] = full * kept(mask, trainable);
-  } else if (needs(ctx, 1)) {
+    if (state.needs(ctx, 1)) out[1] = full * kept(mask, trainable);
+  } else if (state.needs(ctx, 1)) {
     out[1] = through.weights(g, Mode::mask, std::nullopt, kept(mask, trainable), 1, none);
   }
-  if (needs(ctx, 4)) out[4] = bias_grad(g, conv);
-  if (needs(ctx, 5)) {
+  if (state.needs(ctx, 4)) out[4] = bias_grad(g, conv);
+  if (state.needs(ctx, 5)) {
     const Tensor unmasked =
-        conv ? ops::masked_conv2d()
-                   .call(x, weight, mask, trainable, bias, std::nullopt, geometry->stride,
-                         geometry->padding, geometry->dilation, geometry->groups, backend)
-             : ops::masked_linear()
-                   .call(x, weight, mask, trainable, bias, std::nullopt, backend);
+        conv ? ops::masked_conv2d().call(x, weight, mask, trainable, bias, std::nullopt,
+                                         geometry->stride, geometry->padding, geometry->dilation,
+                                         geometry->groups, backend)
+             : ops::masked_linear().call(x, weight, mask, trainable, bias, std::nullopt, backend);
     out[5] = out_mask_grad(grad, unmasked, *out_mask, conv);
   }
   return out;
@@ -267,14 +287,13 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
                         const Tensor& mask, const OptTensor& trainable, const OptTensor& bias,
                         const OptTensor& out_mask, int64_t backend) {
     at::AutoDispatchBelowADInplaceOrView below;
-    Tensor y = ops::masked_linear()
-                   .call(x, weight, mask, trainable, bias, out_mask, backend);
-    save_masked(ctx, x, weight, mask, trainable, bias, out_mask, backend,
-                edges_of(x, weight, mask, trainable, bias, out_mask, backend));
+    Tensor y = ops::masked_linear().call(x, weight, mask, trainable, bias, out_mask, backend);
+    save_masked(ctx, x, weight, mask, trainable, bias, out_mask,
+                {backend, 1, State::edges_of(x, weight, mask, trainable, bias, out_mask, backend)});
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return masked_backward(ctx, grads[0], nullptr, 7);
+    return masked_backward(ctx, grads[0]);
   }
 };
 
@@ -285,18 +304,17 @@ class MaskedConv2d : public torch::autograd::Function<MaskedConv2d> {
                         const OptTensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups, int64_t backend) {
     at::AutoDispatchBelowADInplaceOrView below;
-    Tensor y = ops::masked_conv2d()
-                   .call(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation,
-                         groups, backend);
-    save_masked(ctx, x, weight, mask, trainable, bias, out_mask, backend,
-                edges_of(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation,
-                         groups, backend));
-    Geometry{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
+    Tensor y = ops::masked_conv2d().call(x, weight, mask, trainable, bias, out_mask, stride,
+                                         padding, dilation, groups, backend);
+    save_masked(ctx, x, weight, mask, trainable, bias, out_mask,
+                {backend, 1,
+                 State::edges_of(x, weight, mask, trainable, bias, out_mask, stride, padding,
+                                 dilation, groups, backend),
+                 Geometry{stride.vec(), padding.vec(), dilation.vec(), groups}});
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Geometry geometry = Geometry::load(ctx);
-    return masked_backward(ctx, grads[0], &geometry, 11);
+    return masked_backward(ctx, grads[0]);
   }
 };
 
@@ -309,48 +327,50 @@ bool recorded(const Tensors&... differentiable) {
   return at::GradMode::is_enabled() && (requires_grad(differentiable) || ...);
 }
 
-Tensor task_linear(const Tensor& x, const Tensor& weight, const Tensor& owner, int64_t task,
-                   const OptTensor& tasks, const OptTensor& order, const OptTensor& offsets,
-                   const OptTensor& bias, const OptTensor& out_mask, int64_t backend) {
+// Without a node to record, each op goes straight to the kernel after autograd (the keys
+// below it), as ATen's generated autograd kernels do.
+Tensor task_linear(c10::DispatchKeySet keys, const Tensor& x, const Tensor& weight,
+                   const Tensor& owner, int64_t task, const OptTensor& tasks,
+                   const OptTensor& order, const OptTensor& offsets, const OptTensor& bias,
+                   const OptTensor& out_mask, int64_t backend) {
   if (recorded(x, weight, bias, out_mask))
     return TaskLinear::apply(x, weight, owner, task, tasks, order, offsets, bias, out_mask, backend);
-  at::AutoDispatchBelowADInplaceOrView below;
-  return ops::task_linear().call(x, weight, owner, task, tasks, order, offsets, bias, out_mask,
-                                 backend);
+  return ops::task_linear().redispatch(keys & c10::after_autograd_keyset, x, weight, owner, task,
+                                       tasks, order, offsets, bias, out_mask, backend);
 }
 
-Tensor masked_linear(const Tensor& x, const Tensor& weight, const Tensor& mask,
-                     const OptTensor& trainable, const OptTensor& bias, const OptTensor& out_mask,
-                     int64_t backend) {
+Tensor masked_linear(c10::DispatchKeySet keys, const Tensor& x, const Tensor& weight,
+                     const Tensor& mask, const OptTensor& trainable, const OptTensor& bias,
+                     const OptTensor& out_mask, int64_t backend) {
   if (recorded(x, weight, mask, bias, out_mask))
     return MaskedLinear::apply(x, weight, mask, trainable, bias, out_mask, backend);
-  at::AutoDispatchBelowADInplaceOrView below;
-  return ops::masked_linear().call(x, weight, mask, trainable, bias, out_mask, backend);
+  return ops::masked_linear().redispatch(keys & c10::after_autograd_keyset, x, weight, mask,
+                                         trainable, bias, out_mask, backend);
 }
 
-Tensor task_conv2d(const Tensor& x, const Tensor& weight, const Tensor& owner, int64_t task,
-                   const OptTensor& tasks, const OptTensor& order, const OptTensor& offsets,
-                   const OptTensor& bias, const OptTensor& out_mask, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                   int64_t backend) {
+Tensor task_conv2d(c10::DispatchKeySet keys, const Tensor& x, const Tensor& weight,
+                   const Tensor& owner, int64_t task, const OptTensor& tasks,
+                   const OptTensor& order, const OptTensor& offsets, const OptTensor& bias,
+                   const OptTensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation, int64_t groups, int64_t backend) {
   if (recorded(x, weight, bias, out_mask))
     return TaskConv2d::apply(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride,
                              padding, dilation, groups, backend);
-  at::AutoDispatchBelowADInplaceOrView below;
-  return ops::task_conv2d().call(x, weight, owner, task, tasks, order, offsets, bias, out_mask,
-                                 stride, padding, dilation, groups, backend);
+  return ops::task_conv2d().redispatch(keys & c10::after_autograd_keyset, x, weight, owner, task,
+                                       tasks, order, offsets, bias, out_mask, stride, padding,
+                                       dilation, groups, backend);
 }
 
-Tensor masked_conv2d(const Tensor& x, const Tensor& weight, const Tensor& mask,
-                     const OptTensor& trainable, const OptTensor& bias, const OptTensor& out_mask,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                     int64_t groups, int64_t backend) {
+Tensor masked_conv2d(c10::DispatchKeySet keys, const Tensor& x, const Tensor& weight,
+                     const Tensor& mask, const OptTensor& trainable, const OptTensor& bias,
+                     const OptTensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
+                     at::IntArrayRef dilation, int64_t groups, int64_t backend) {
   if (recorded(x, weight, mask, bias, out_mask))
     return MaskedConv2d::apply(x, weight, mask, trainable, bias, out_mask, stride, padding,
                                dilation, groups, backend);
-  at::AutoDispatchBelowADInplaceOrView below;
-  return ops::masked_conv2d().call(x, weight, mask, trainable, bias, out_mask, stride, padding,
-                                   dilation, groups, backend);
+  return ops::masked_conv2d().redispatch(keys & c10::after_autograd_keyset, x, weight, mask,
+                                         trainable, bias, out_mask, stride, padding, dilation,
+                                         groups, backend);
 }
 
 }  // namespace

@@ -143,6 +143,15 @@ Tensor zero_product(at::IntArrayRef shape, const Tensor& like, const OptTensor& 
   return y;
 }
 
+// The geometry a conv kernel gets: a dilation along an axis whose kernel size is 1 changes
+// nothing, and is dropped (oneDNN in torch 2.13 crashes on one such case: a 1x1 kernel with
+// padding, stride 2 and dilation 2 over a width-1 channels_last input).
+ConvGeometry kernel_geometry(ConvGeometry g, at::IntArrayRef weight_shape) {
+  for (int a = 0; a < 2; ++a)
+    if (weight_shape[2 + a] == 1) g.dilation[a] = 1;
+  return g;
+}
+
 std::vector<int64_t> conv_output_shape(const Tensor& x, const Tensor& weight, const ConvGeometry& g) {
   std::vector<int64_t> shape = {x.size(0), weight.size(0), 0, 0};
   for (int a = 0; a < 2; ++a)
@@ -238,7 +247,9 @@ Tensor task_conv2d(const Tensor& x, const Tensor& weight, const Tensor& owner, i
   check_task_conv2d(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride, padding,
                     dilation, groups);
   return conv2d_forward(x, weight, task_selection(Mode::visible, owner, task, tasks, order, offsets),
-                        bias, out_mask, geometry_of(stride, padding, dilation, groups), backend);
+                        bias, out_mask,
+                        kernel_geometry(geometry_of(stride, padding, dilation, groups), weight.sizes()),
+                        backend);
 }
 
 Tensor masked_conv2d(const Tensor& x, const Tensor& weight, const Tensor& mask,
@@ -247,7 +258,8 @@ Tensor masked_conv2d(const Tensor& x, const Tensor& weight, const Tensor& mask,
                      int64_t groups, int64_t backend) {
   check_masked_conv2d(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation, groups);
   return conv2d_forward(x, weight, mask_selection(mask), bias, out_mask,
-                        geometry_of(stride, padding, dilation, groups), backend);
+                        kernel_geometry(geometry_of(stride, padding, dilation, groups), weight.sizes()),
+                        backend);
 }
 
 Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, int64_t mode,
@@ -259,7 +271,7 @@ Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, int64_t mode,
   TORCH_CHECK_VALUE(grad.dim() == 4 && weight.dim() == 4 && input_shape.size() == 4 &&
                         input_shape[0] == grad.size(0),
                     "conv2d_grad_input needs 4-D grad and weight and an input_shape with grad's batch");
-  const ConvGeometry g = geometry_of(stride, padding, dilation, groups);
+  const ConvGeometry g = kernel_geometry(geometry_of(stride, padding, dilation, groups), weight.sizes());
   check_selection(mode, owner, mask, task, tasks, order, offsets, weight.sym_sizes(), grad,
                   grad.size(0));
   const Kernels& kernels = kernels_for(backend, grad);
@@ -280,7 +292,7 @@ Tensor conv2d_grad_weight(const Tensor& grad, const Tensor& x, int64_t mode,
   TORCH_CHECK_VALUE(grad.dim() == 4 && x.dim() == 4 && weight_shape.size() == 4 &&
                         grad.size(0) == x.size(0),
                     "conv2d_grad_weight needs 4-D grad and x with one batch and a 4-D weight_shape");
-  const ConvGeometry g = geometry_of(stride, padding, dilation, groups);
+  const ConvGeometry g = kernel_geometry(geometry_of(stride, padding, dilation, groups), weight_shape);
   check_selection(mode, owner, mask, task, tasks, order, offsets,
                   c10::fromIntArrayRefSlow(weight_shape), x, x.size(0));
   const Kernels& kernels = kernels_for(backend, x);

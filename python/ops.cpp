@@ -16,33 +16,33 @@ TORCH_LIBRARY(maskops, m) {
   m.set_python_module("maskops.fakes");
   m.def(
       "task_linear(Tensor x, Tensor weight, Tensor owner, int task, Tensor? tasks, "
-      "Tensor? order, Tensor? offsets, Tensor? bias, Tensor? out_mask, int backend=0) -> Tensor");
+      "Tensor? order, Tensor? offsets, Tensor? bias, Tensor? out_mask, int backend) -> Tensor");
   m.def(
       "masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? trainable, Tensor? bias, "
-      "Tensor? out_mask, int backend=0) -> Tensor");
+      "Tensor? out_mask, int backend) -> Tensor");
   m.def(
       "task_conv2d(Tensor x, Tensor weight, Tensor owner, int task, Tensor? tasks, "
       "Tensor? order, Tensor? offsets, Tensor? bias, Tensor? out_mask, int[2] stride, "
-      "int[2] padding, int[2] dilation, int groups, int backend=0) -> Tensor");
+      "int[2] padding, int[2] dilation, int groups, int backend) -> Tensor");
   m.def(
       "masked_conv2d(Tensor x, Tensor weight, Tensor mask, Tensor? trainable, Tensor? bias, "
       "Tensor? out_mask, int[2] stride, int[2] padding, int[2] dilation, int groups, "
-      "int backend=0) -> Tensor");
+      "int backend) -> Tensor");
 
   m.def(
       "linear_grad_input(Tensor grad, Tensor weight, int mode, Tensor? owner, Tensor? mask, "
-      "int task, Tensor? tasks, Tensor? order, Tensor? offsets, int backend=0) -> Tensor");
+      "int task, Tensor? tasks, Tensor? order, Tensor? offsets, int backend) -> Tensor");
   m.def(
       "linear_grad_weight(Tensor grad, Tensor x, int mode, Tensor? owner, Tensor? mask, "
-      "int task, Tensor? tasks, Tensor? order, Tensor? offsets, int backend=0) -> Tensor");
+      "int task, Tensor? tasks, Tensor? order, Tensor? offsets, int backend) -> Tensor");
   m.def(
       "conv2d_grad_input(Tensor grad, Tensor weight, int mode, Tensor? owner, Tensor? mask, "
       "int task, Tensor? tasks, Tensor? order, Tensor? offsets, int[] input_shape, "
-      "int[2] stride, int[2] padding, int[2] dilation, int groups, int backend=0) -> Tensor");
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int backend) -> Tensor");
   m.def(
       "conv2d_grad_weight(Tensor grad, Tensor x, int mode, Tensor? owner, Tensor? mask, "
       "int task, Tensor? tasks, Tensor? order, Tensor? offsets, int[] weight_shape, "
-      "int[2] stride, int[2] padding, int[2] dilation, int groups, int backend=0) -> Tensor");
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int backend) -> Tensor");
 
   // The 1-bit visible map of a 2-D owner for one task (int32 words, 32 columns each).
   m.def("pack_visible(Tensor owner, int task) -> Tensor");

@@ -7,7 +7,7 @@ from torch import nn
 
 import maskops
 from maskops import reference
-from maskops.bench import cli, cases, impls, report, study, sweep
+from maskops.bench import cli, cases, impls, overhead, report, study, sweep
 from maskops.bench.models import MODELS
 from maskops.bench.timing import Timing
 
@@ -170,3 +170,36 @@ def test_cpu_timer_measures():
     calls = []
     timing = cpu_timer(min_run_time=0.01)(lambda: calls.append(1))
     assert timing.method == "torch.utils.benchmark" and 0 < timing.median_ms < 1 and calls
+
+
+def fake_pair(fn, baseline):
+    fn(), baseline()
+    return overhead.Pair(2.0, 1.0, 2.0)
+
+
+def test_overhead_rows_and_table():
+    rows = overhead.op_calls(fake_pair) + overhead.forward_backward(fake_pair) \
+        + overhead.models(fake_pair, compile_too=False) + overhead.host_reads()
+    groups = {row["group"] for row in rows}
+    assert groups == {"op", "fwd+bwd", "model", "host reads"}
+    assert len([r for r in rows if r["group"] == "op"]) == 4
+    assert all(r["reads"] == 0 for r in rows if r["group"] == "host reads")
+    table = overhead.format_table(rows)
+    assert "| op | task_linear (4, 64) x (64, 64) | 2.0 us | 1.0 us | 2.00x |" in table
+
+
+def test_side_by_side_compares_what_it_is_given():
+    slow = overhead.side_by_side(lambda: sum(range(2000)), lambda: None, rounds=3, block_ms=1)
+    assert slow.ratio > 1 and slow.us > slow.baseline_us
+
+
+def test_overhead_cli_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(overhead, "side_by_side", fake_pair)
+    path = tmp_path / "overhead.json"
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["--overhead", "--no-compile", "--json", str(path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(path.read_text())
+    assert data["overhead"] and data["threads"] == 1 and data["results"][0]["group"] == "op"

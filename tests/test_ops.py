@@ -345,3 +345,17 @@ def test_mixed_task_forward_reads_nothing_on_the_host():
     y.sum()  # the profile saw the forward
     expected = model(x)
     torch.testing.assert_close(y, expected)
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_1x1_conv_with_dilation_is_the_undilated_conv(backend):
+    """A dilation along an axis of kernel size 1 changes nothing: the ops drop it, which also
+    keeps clear of a oneDNN crash in torch 2.13 on exactly this case."""
+    x = torch.randn(3, 2, 4, 1).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(2, 2, 1, 1), torch.randn(2)
+    owner = owner_map(w.shape)
+    with maskops.use_backend(backend):
+        for _ in range(5):
+            y = maskops.task_conv2d(x, w, owner, 2, b, (1, 2), 1, 2)
+    expected = torch.nn.functional.conv2d(x.contiguous(), reference.task_weight(w, owner, 2), b, (1, 2), 1)
+    torch.testing.assert_close(y, expected)

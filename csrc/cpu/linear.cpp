@@ -104,7 +104,7 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
   const int64_t panel = block_size(N, panel_bytes / row_bytes, 8);
   const int64_t panels = ceil_div(N, panel);
 
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
     const T* wp = w + n0 * K;
@@ -140,7 +140,7 @@ namespace {
 template <class T>
 void grad_input_by_rows(const T* gs, int64_t M, int64_t N, const T* w, int64_t K,
                         const Vis<T>& vis, const TaskGroups& groups, T* gxs) {
-  const int threads = max_threads();
+  const int threads = threads_for(M * N * K);
   std::vector<T> partials(size_t(threads - 1) * M * K, T(0));  // thread 0 writes gxs
   std::memset(gxs, 0, sizeof(T) * M * K);
   const int64_t panel = block_size(N, kFusedPanelBytes / int64_t(sizeof(T) * K), 8);
@@ -173,7 +173,7 @@ void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_
   const int64_t rows = std::max<int64_t>(8, kTileBytes / int64_t(sizeof(T) * cols));
   const int64_t blocks = ceil_div(K, cols);
 
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t k0 = b * cols, kc = std::min(cols, K - k0);
     zero_block(gxs + k0, K, M, kc);
@@ -232,7 +232,7 @@ void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t
   const int64_t col_tiles = ceil_div(K, tile_cols);
   const int64_t tiles = ceil_div(N, tile_rows) * col_tiles;
 
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t n0 = (t / col_tiles) * tile_rows, k0 = (t % col_tiles) * tile_cols;
     const int64_t nt = std::min(tile_rows, N - n0), kt = std::min(tile_cols, K - k0);

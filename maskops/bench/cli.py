@@ -1,4 +1,5 @@
-"""`maskops bench`: the op sweep, or with --model the deployment study."""
+"""`maskops bench`: the op sweep, with --model the deployment study, with --overhead the
+host cost of calls, layers and small models."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import torch
 
 import maskops
 from maskops.bench import cases as case_defs
-from maskops.bench import report, study, sweep
+from maskops.bench import overhead, report, study, sweep
 from maskops.bench.models import MODELS
 from maskops.bench.timing import timer_for
 
@@ -32,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="draw speedup vs density (PNG)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overhead", action="store_true",
+                   help="per-call host cost of the ops and of converted small models (CPU, "
+                        "1 thread unless --threads)")
+    p.add_argument("--no-compile", action="store_true", help="--overhead: skip torch.compile")
     study_opts = p.add_argument_group("deployment study")
     study_opts.add_argument("--model", choices=sorted(MODELS))
     study_opts.add_argument("--tasks", type=int, default=3)
@@ -61,6 +66,18 @@ def _warn_bad_rows(results) -> None:
                   f"relative error {row['rel_err']:.2e}", file=sys.stderr)
 
 
+def _overhead(args) -> int:
+    torch.set_num_threads(args.threads or 1)
+    header = {**report.environment("cpu"), "backends": maskops.available_backends(),
+              "overhead": True}
+    rows = overhead.run(overhead.side_by_side, compile_too=not args.no_compile)
+    header["load_average_end"] = report.load_average()
+    print(overhead.format_table(rows))
+    if args.json:
+        report.write_json(args.json, header, rows)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.device == "cuda":
@@ -68,6 +85,8 @@ def main(argv=None) -> int:
             raise SystemExit("--device cuda: no CUDA device here")
         # The cuDNN baselines get their autotuned algorithms, as a tuned deployment would.
         torch.backends.cudnn.benchmark = True
+    if args.overhead:
+        return _overhead(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else \

@@ -289,7 +289,7 @@ def test_the_cpu_backend_needs_no_python():
     backends need the package."""
     code = ("import torch; torch.ops.load_library({so!r}); "
             "x, w = torch.randn(3, 5), torch.randn(4, 5); o = torch.ones(4, 5, dtype=torch.uint8); "
-            "y = torch.ops.maskops.task_linear(x, w, o, 1, None, None, None, None, None); "
+            "y = torch.ops.maskops.task_linear(x, w, o, 1, None, None, None, None, None, 0); "
             "assert torch.allclose(y, x @ w.t(), atol=1e-5)\n"
             "try:\n torch.ops.maskops.task_linear(x, w, o, 1, None, None, None, None, None, 1)\n"
             "except RuntimeError as e:\n assert 'import maskops' in str(e), e\n"
