@@ -132,6 +132,14 @@ Tensor summed(const Selection& s, const DeviceSelection& d, int64_t rows_per_sam
   return total;
 }
 
+// Whether a tensor-core kernel ran (errors raise); false where it declined the problem
+// (cudaErrorNotSupported) and the library path must run instead.
+bool launched(cudaError_t err, const char* what) {
+  if (err == cudaErrorNotSupported) return false;
+  check_cuda(err, what);
+  return true;
+}
+
 Tensor workspace(size_t bytes, const Tensor& like) {
   return at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
 }
@@ -182,11 +190,7 @@ class CudaKernels final : public Kernels {
       f.out_mask_per_row = out_mask.has_value() && out_mask->dim() == 2;
       f.y = y.data_ptr();
       const Tensor ws = workspace(mc::linear_forward_workspace(f), x);
-      const cudaError_t err = mc::linear_forward(f, ws.data_ptr(), stream());
-      if (err != cudaErrorNotSupported) {
-        check_cuda(err, "linear_forward");
-        return y;
-      }
+      if (launched(mc::linear_forward(f, ws.data_ptr(), stream()), "linear_forward")) return y;
     }
     // The bits map is a kernel format: the library path masks from the owner.
     const Selection& library = s.mode == Mode::bits ? selection : s;
@@ -210,11 +214,7 @@ class CudaKernels final : public Kernels {
       f.M = M, f.N = N, f.K = K;
       f.grad = g.data_ptr(), f.w = w.data_ptr(), f.vis = d.vis, f.grad_x = gx.data_ptr();
       const Tensor ws = workspace(mc::linear_grad_input_workspace(f), g);
-      const cudaError_t err = mc::linear_grad_input(f, ws.data_ptr(), stream());
-      if (err != cudaErrorNotSupported) {
-        check_cuda(err, "linear_grad_input");
-        return gx;
-      }
+      if (launched(mc::linear_grad_input(f, ws.data_ptr(), stream()), "linear_grad_input")) return gx;
     }
     return by_rows(s, rows_per_sample, g,
                    [&](const Tensor& rows, int64_t t) { return at::matmul(rows, effective(w, s, d, t)); });
@@ -231,11 +231,7 @@ class CudaKernels final : public Kernels {
       f.dtype = dtype_of(g);
       f.M = M, f.N = N, f.K = K;
       f.grad = g.data_ptr(), f.x = x.data_ptr(), f.vis = d.vis, f.grad_w = gw.data_ptr();
-      const cudaError_t err = mc::linear_grad_weight(f, stream());
-      if (err != cudaErrorNotSupported) {
-        check_cuda(err, "linear_grad_weight");
-        return gw;
-      }
+      if (launched(mc::linear_grad_weight(f, stream()), "linear_grad_weight")) return gw;
     }
     return summed(s, d, rows_per_sample, g, x,
                   [](const Tensor& gs, const Tensor& xs) { return at::matmul(gs.t(), xs); });

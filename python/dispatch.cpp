@@ -262,6 +262,18 @@ Tensor masked_conv2d(const Tensor& x, const Tensor& weight, const Tensor& mask,
                         backend);
 }
 
+// A conv backward op's geometry, after checking its selection against a batch like `like`.
+ConvGeometry backward_geometry(at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups,
+                               at::IntArrayRef weight_shape, int64_t mode, const OptTensor& owner,
+                               const OptTensor& mask, int64_t task, const OptTensor& tasks,
+                               const OptTensor& order, const OptTensor& offsets,
+                               const Tensor& like) {
+  check_selection(mode, owner, mask, task, tasks, order, offsets,
+                  c10::fromIntArrayRefSlow(weight_shape), like, like.size(0));
+  return kernel_geometry(geometry_of(stride, padding, dilation, groups), weight_shape);
+}
+
 Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, int64_t mode,
                          const OptTensor& owner, const OptTensor& mask, int64_t task,
                          const OptTensor& tasks, const OptTensor& order, const OptTensor& offsets,
@@ -271,9 +283,8 @@ Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, int64_t mode,
   TORCH_CHECK_VALUE(grad.dim() == 4 && weight.dim() == 4 && input_shape.size() == 4 &&
                         input_shape[0] == grad.size(0),
                     "conv2d_grad_input needs 4-D grad and weight and an input_shape with grad's batch");
-  const ConvGeometry g = kernel_geometry(geometry_of(stride, padding, dilation, groups), weight.sizes());
-  check_selection(mode, owner, mask, task, tasks, order, offsets, weight.sym_sizes(), grad,
-                  grad.size(0));
+  const ConvGeometry g = backward_geometry(stride, padding, dilation, groups, weight.sizes(), mode,
+                                           owner, mask, task, tasks, order, offsets, grad);
   const Kernels& kernels = kernels_for(backend, grad);
   if (grad.numel() == 0 || weight.numel() == 0 || c10::multiply_integers(input_shape) == 0)
     return at::zeros(input_shape, grad.options().memory_format(grad.suggest_memory_format()));
@@ -292,9 +303,8 @@ Tensor conv2d_grad_weight(const Tensor& grad, const Tensor& x, int64_t mode,
   TORCH_CHECK_VALUE(grad.dim() == 4 && x.dim() == 4 && weight_shape.size() == 4 &&
                         grad.size(0) == x.size(0),
                     "conv2d_grad_weight needs 4-D grad and x with one batch and a 4-D weight_shape");
-  const ConvGeometry g = kernel_geometry(geometry_of(stride, padding, dilation, groups), weight_shape);
-  check_selection(mode, owner, mask, task, tasks, order, offsets,
-                  c10::fromIntArrayRefSlow(weight_shape), x, x.size(0));
+  const ConvGeometry g = backward_geometry(stride, padding, dilation, groups, weight_shape, mode,
+                                           owner, mask, task, tasks, order, offsets, x);
   const Kernels& kernels = kernels_for(backend, x);
   if (grad.numel() == 0 || x.numel() == 0 || c10::multiply_integers(weight_shape) == 0)
     return at::zeros(weight_shape, x.options());

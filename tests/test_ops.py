@@ -223,23 +223,6 @@ def test_unbatched_inputs():
                                reference.task_conv2d(xc, wc, oc, 2, padding=1))
 
 
-def test_compile_fullgraph_forward_and_backward():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
-    maskops.convert(model)
-    for layer in (model[0], model[3]):
-        layer.owner.copy_(owner_map(layer.weight.shape))
-    maskops.set_task(model, 2)
-    x = torch.randn(2, 3, 6, 6)
-    expected = model(x)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    y = compiled(x)
-    torch.testing.assert_close(y, expected)
-    y.sum().backward()
-    grad = model[3].weight.grad
-    assert torch.all(grad[model[3].owner != 2] == 0) and torch.count_nonzero(grad) > 0
-
-
 def _tiny_calls():
     """(name, fn(x-like inputs) -> output, leaves) for each public op, tiny shapes."""
     g = torch.Generator().manual_seed(8)
@@ -291,13 +274,14 @@ def test_double_backward_raises():
 
 
 @pytest.mark.parametrize("backend", op_backends())
-def test_compile_fullgraph_with_per_sample_routing(backend):
+@pytest.mark.parametrize("task", [2, "per-sample"])
+def test_compile_fullgraph_forward_and_backward(backend, task):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5))
     maskops.convert(model)
     for layer in (model[0], model[3]):
         layer.owner.copy_(owner_map(layer.weight.shape))
-    maskops.set_task(model, torch.tensor([1, 3, 2]))
+    maskops.set_task(model, task if task == 2 else torch.tensor([1, 3, 2]))
     x = torch.randn(3, 3, 4, 4)
     with maskops.use_backend(backend):
         expected = model(x)
@@ -306,7 +290,8 @@ def test_compile_fullgraph_with_per_sample_routing(backend):
         torch.testing.assert_close(y, expected)
         y.sum().backward()
     grad = model[3].weight.grad
-    assert torch.all(grad[model[3].owner == 0] == 0) and torch.count_nonzero(grad) > 0
+    frozen = model[3].owner != 2 if task == 2 else model[3].owner == 0
+    assert torch.all(grad[frozen] == 0) and torch.count_nonzero(grad) > 0
 
 
 @pytest.mark.parametrize("backend", op_backends())
