@@ -19,7 +19,15 @@ from torch import nn
 import torch.nn.functional as F
 
 from maskops import ops
+from maskops.modes import MAX_TASK
 from maskops.routing import Routing, route
+
+
+def _is_owner_map(t) -> bool:
+    """Integer values in 0..MAX_TASK (so a cast to uint8 keeps them)."""
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return False
+    return t.dtype == torch.uint8 or t.numel() == 0 or (0 <= int(t.min()) and int(t.max()) <= MAX_TASK)
 
 
 def _routed(task, device):
@@ -54,6 +62,11 @@ class _TaskMasked:
         if key not in state_dict:
             state_dict = dict(state_dict)
             state_dict[key] = torch.ones_like(self.owner)
+        elif not _is_owner_map(state_dict[key]):
+            error_msgs.append(f"{key}: an owner map holds task ids 0..{MAX_TASK} as integers; got "
+                              f"a {state_dict[key].dtype} tensor that does not (it would not load "
+                              f"as uint8 unchanged)")
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

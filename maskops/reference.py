@@ -6,11 +6,12 @@ device.  Every backend is tested against these functions.
 Semantics:
     visible(owner, t)   = (0 < owner) & (owner <= t)
     trainable(owner, t) = owner == t
-    task_linear:   y = x @ (weight * visible).T + bias, then * out_mask
+    task_linear:   y = x @ (weight * visible).T + bias, then * out_mask (0 stays exactly 0)
     masked_linear: y = x @ (weight * mask).T + bias,    then * out_mask
 and F.conv2d likewise.  The weight gradient of task ops is exactly zero outside
 `trainable` (per sample when `task` is a tensor); a floating `mask` gets its
-gradient; `trainable` (masked ops only) further restricts the weight gradient.
+gradient; `trainable` (masked ops only, bool/uint8: nonzero = trainable) further restricts
+the weight gradient.  A bool/uint8 `mask` selects: any nonzero value keeps the weight.
 """
 from __future__ import annotations
 
@@ -44,22 +45,25 @@ def task_weight(weight: torch.Tensor, owner: torch.Tensor, task: int) -> torch.T
 
 def masked_weight(weight: torch.Tensor, mask: torch.Tensor,
                   trainable_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """weight * mask; a bool/uint8 mask selects (any nonzero value keeps the weight as it is)."""
     if trainable_mask is not None:
         weight = _restrict_grad(weight, trainable_mask.bool())
     if not mask.is_floating_point():
-        mask = mask.to(weight.dtype)
+        mask = mask.bool().to(weight.dtype)
     return weight * mask
 
 
 def apply_out_mask(y: torch.Tensor, out_mask: Optional[torch.Tensor], conv: bool) -> torch.Tensor:
+    """y * out_mask; a channel whose out_mask is 0 is exactly 0 (a unit switched off stays off
+    even where y is NaN or inf), and out_mask's gradient is y wherever y is finite."""
     if out_mask is None:
         return y
     out_mask = out_mask.to(y.dtype)
     if conv:
-        return y * out_mask.reshape(*out_mask.shape, 1, 1)
-    if out_mask.dim() == 2 and y.dim() > 2:  # per-sample mask over (B, ..., N)
+        out_mask = out_mask.reshape(*out_mask.shape, 1, 1)
+    elif out_mask.dim() == 2 and y.dim() > 2:  # per-sample mask over (B, ..., N)
         out_mask = out_mask.reshape(out_mask.shape[0], *([1] * (y.dim() - 2)), out_mask.shape[1])
-    return y * out_mask
+    return torch.where((out_mask == 0) & ~torch.isfinite(y), 0, y) * out_mask
 
 
 def per_task(x: torch.Tensor, task: Task, run) -> torch.Tensor:

@@ -224,11 +224,20 @@ void check_task_linear(const Tensor& x, const Tensor& weight, const Tensor& owne
   owner(owner_map, weight, x);
 }
 
+// `trainable` selects weights; it does not scale their gradient, so it is bool or uint8.
+void trainable_mask(const OptTensor& t, const Tensor& weight, const Tensor& x) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kBool || t->scalar_type() == at::kByte,
+                   "trainable must be bool or uint8 (nonzero: trainable), got ",
+                   dtype_name(t->scalar_type()));
+  mask(*t, weight, x, "trainable");
+}
+
 void check_masked_linear(const Tensor& x, const Tensor& weight, const Tensor& m,
                          const OptTensor& trainable, const OptTensor& b, const OptTensor& om) {
   linear_common(x, weight, b, om);
   mask(m, weight, x, "mask");
-  if (trainable.has_value()) mask(*trainable, weight, x, "trainable");
+  trainable_mask(trainable, weight, x);
 }
 
 void check_task_conv2d(const Tensor& x, const Tensor& weight, const Tensor& owner_map, int64_t task,
@@ -247,7 +256,7 @@ void check_masked_conv2d(const Tensor& x, const Tensor& weight, const Tensor& m,
                          at::IntArrayRef dilation, int64_t groups) {
   conv_common(x, weight, b, om, stride, padding, dilation, groups);
   mask(m, weight, x, "mask");
-  if (trainable.has_value()) mask(*trainable, weight, x, "trainable");
+  trainable_mask(trainable, weight, x);
 }
 
 void check_selection(int64_t mode, const OptTensor& owner_map, const OptTensor& m, int64_t task,

@@ -140,6 +140,11 @@ bool launched(cudaError_t err, const char* what) {
   return true;
 }
 
+// y * out_mask (broadcast), exactly 0 where out_mask is 0, as the kernels' epilogue gives.
+Tensor masked_output(const Tensor& y, const Tensor& out_mask) {
+  return y.mul_(out_mask).masked_fill_(out_mask == 0, 0);
+}
+
 Tensor workspace(size_t bytes, const Tensor& like) {
   return at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
 }
@@ -199,7 +204,7 @@ class CudaKernels final : public Kernels {
       const Tensor wt = effective(w, library, dl, t).t();
       return bias.has_value() ? at::addmm(*bias, rows, wt) : at::matmul(rows, wt);  // cuBLAS adds the bias
     });
-    return out_mask.has_value() ? y.mul_(*out_mask) : y;
+    return out_mask.has_value() ? masked_output(y, *out_mask) : y;
   }
 
   Tensor linear_grad_input(const Tensor& g, const Tensor& w, const Selection& s,
@@ -247,7 +252,7 @@ class CudaKernels final : public Kernels {
                              g.dilation, false, {0, 0}, g.groups);
     });
     if (out_mask.has_value())
-      y.mul_(out_mask->reshape({out_mask->dim() == 1 ? 1 : out_mask->size(0), -1, 1, 1}));
+      y = masked_output(y, out_mask->reshape({out_mask->dim() == 1 ? 1 : out_mask->size(0), -1, 1, 1}));
     return y;
   }
 

@@ -138,7 +138,8 @@ Tensor zero_product(at::IntArrayRef shape, const Tensor& like, const OptTensor& 
   if (out_mask.has_value()) {
     std::vector<int64_t> per(channel);
     if (out_mask->dim() == 2) per[0] = out_mask->size(0), per[conv ? 1 : y.dim() - 1] = out_mask->size(1);
-    y.mul_(out_mask->to(y.scalar_type()).reshape(per));
+    const Tensor m = out_mask->to(y.scalar_type()).reshape(per);
+    y.mul_(m).masked_fill_(m == 0, 0);  // 0 stays exactly 0, as in every kernel's epilogue
   }
   return y;
 }

@@ -344,3 +344,123 @@ def test_1x1_conv_with_dilation_is_the_undilated_conv(backend):
             y = maskops.task_conv2d(x, w, owner, 2, b, (1, 2), 1, 2)
     expected = torch.nn.functional.conv2d(x.contiguous(), reference.task_weight(w, owner, 2), b, (1, 2), 1)
     torch.testing.assert_close(y, expected)
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def _leaves(*tensors):
+    return [t.detach().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_empty_problems_forward_and_backward(backend):
+    """Empty batches, zero outputs and zero input channels, with out_mask gradients."""
+    cases = []
+    x, w, b, om = _leaves(torch.randn(0, 5), torch.randn(4, 5), torch.randn(4), torch.rand(0, 4))
+    cases.append(((x, w, b, om), lambda: maskops.task_linear(x, w, owner_map((4, 5)), 2, b, out_mask=om),
+                  lambda: reference.task_linear(x, w, owner_map((4, 5)), 2, b, out_mask=om)))
+    x3, om3 = _leaves(torch.randn(0, 3, 5), torch.rand(0, 4))
+    cases.append(((x3, w, om3), lambda: maskops.task_linear(x3, w, owner_map((4, 5)), 1, out_mask=om3),
+                  lambda: reference.task_linear(x3, w, owner_map((4, 5)), 1, out_mask=om3)))
+    x0, w0 = _leaves(torch.randn(3, 5), torch.randn(0, 5))
+    cases.append(((x0, w0), lambda: maskops.masked_linear(x0, w0, w0 > 0),
+                  lambda: reference.masked_linear(x0, w0, w0 > 0)))
+    xc, wc, bc, omc = _leaves(torch.randn(0, 2, 5, 5), torch.randn(3, 2, 3, 3), torch.randn(3), torch.rand(0, 3))
+    oc = owner_map(wc.shape)
+    cases.append(((xc, wc, bc, omc), lambda: maskops.task_conv2d(xc, wc, oc, 2, bc, out_mask=omc),
+                  lambda: reference.task_conv2d(xc, wc, oc, 2, bc, out_mask=omc)))
+    xz, wz, bz = _leaves(torch.randn(2, 0, 5, 5), torch.randn(6, 0, 3, 3), torch.randn(6))
+    # Zero input channels: the bias alone (F.conv2d itself gets the output channels wrong here).
+    cases.append(((xz, wz, bz), lambda: maskops.task_conv2d(xz, wz, owner_map(wz.shape), 1, bz, padding=1),
+                  lambda: (bz.reshape(1, -1, 1, 1) + 0 * wz.sum() + 0 * xz.sum()).expand(2, 6, 5, 5)))
+    for inputs, ours, theirs in cases:
+        with maskops.use_backend(backend):
+            y = ours()
+            got = [y] + grads(y, list(inputs))
+        expected = theirs()
+        assert_close_all(got, [expected] + grads(expected, list(inputs)), torch.float32)
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_binary_masks_select(backend):
+    """A bool/uint8 mask selects: any nonzero value keeps the weight as it is (a 2 is a 1)."""
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    xc, wc = torch.randn(2, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    mask, maskc = owner_map(w.shape) * 2, owner_map(wc.shape) * 2
+    with maskops.use_backend(backend):
+        y = maskops.masked_linear(x, w, mask)
+        yc = maskops.masked_conv2d(xc, wc, maskc, padding=1)
+    torch.testing.assert_close(y, reference.masked_linear(x, w, mask > 0))
+    torch.testing.assert_close(yc, reference.masked_conv2d(xc, wc, maskc > 0, padding=1))
+
+
+@pytest.mark.parametrize("backend", op_backends())
+def test_trainable_restricts_and_does_not_scale(backend):
+    x, w = torch.randn(3, 5), torch.randn(4, 5, requires_grad=True)
+    mask = torch.rand(4, 5)
+    trainable = owner_map(w.shape)  # values 0..3: nonzero means trainable
+    with maskops.use_backend(backend):
+        (got,) = torch.autograd.grad(maskops.masked_linear(x, w, mask, trainable=trainable).sum(), [w])
+        (expected,) = torch.autograd.grad(maskops.masked_linear(x, w, mask, trainable=trainable > 0).sum(), [w])
+        with pytest.raises(TypeError, match="trainable must be bool or uint8"):
+            maskops.masked_linear(x, w, mask, trainable=trainable.float())
+    torch.testing.assert_close(got, expected)
+    assert torch.all(got[trainable == 0] == 0)
+
+
+def _four_calls(x, w, owner, xc, wc, oc):
+    return {
+        "task_linear": lambda: maskops.task_linear(x, w, owner, 2),
+        "masked_linear": lambda: maskops.masked_linear(x, w, reference.visible(owner, 2)),
+        "task_conv2d": lambda: maskops.task_conv2d(xc, wc, oc, 2, padding=1),
+        "masked_conv2d": lambda: maskops.masked_conv2d(xc, wc, reference.visible(oc, 2), padding=1),
+    }
+
+
+@pytest.mark.parametrize("backend", op_backends())
+@pytest.mark.parametrize("op", ["task_linear", "masked_linear", "task_conv2d", "masked_conv2d"])
+def test_nonfinite_invisible_weights_never_reach_the_output(backend, op):
+    x, xc = torch.randn(17, 40, requires_grad=True), torch.randn(2, 4, 6, 6, requires_grad=True)
+    w, wc = torch.randn(24, 40), torch.randn(6, 4, 3, 3)
+    owner, oc = owner_map(w.shape), owner_map(wc.shape)
+    owner[:8] = 3  # whole rows invisible to task 2: skipped panels and tiles too
+    for weight, own in ((w, owner), (wc, oc)):
+        weight[own == 0] = float("nan")
+        weight[own == 3] = float("inf")
+    with maskops.use_backend(backend):
+        y = _four_calls(x, w, owner, xc, wc, oc)[op]()
+        (gx,) = torch.autograd.grad(y.sum(), [x if "linear" in op else xc])
+    assert torch.isfinite(y).all() and torch.isfinite(gx).all()
+
+
+@pytest.mark.parametrize("backend", op_backends())
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
+def test_nonfinite_rows_of_x_follow_dense_math(backend, rows):
+    """A row of x holding NaN or inf gives what x @ (w * visible).T gives -- NaN in every output
+    where it holds a NaN -- on every path, including products skipped as invisible."""
+    g = torch.Generator().manual_seed(rows)
+    x, w = torch.randn(rows, 96, generator=g), torch.randn(64, 96, generator=g)
+    owner = owner_map(w.shape, generator=g)
+    owner[:32] = 3  # the first 32 outputs see nothing of task 2: their products are skipped
+    x[0, 5] = float("nan")
+    if rows > 1:
+        x[1, 70] = float("inf")
+    grad = torch.randn(rows, 64, generator=g)
+    grad[-1, 3] = float("nan")
+    with maskops.use_backend(backend):
+        y = maskops.task_linear(x, w, owner, 2)
+        gx = torch.ops.maskops.linear_grad_input(grad, w, int(maskops.modes.Mode.visible), owner,
+                                                 None, 2, None, None, None, maskops.backends.current())
+    expected = reference.task_linear(x, w, owner, 2)
+    assert torch.equal(torch.isfinite(y), torch.isfinite(expected))
+    assert torch.isnan(y[0]).all()
+    expected_gx = grad @ (w * reference.visible(owner, 2))
+    assert torch.equal(torch.isfinite(gx), torch.isfinite(expected_gx)) and torch.isnan(gx[-1]).all()
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(y[finite], expected[finite])
+
+
+def test_zero_size_kernel_is_rejected():
+    with pytest.raises(ValueError, match="weight's kernel must be at least 1 x 1"):
+        maskops.task_conv2d(torch.randn(2, 4, 5, 5), torch.randn(6, 4, 0, 3), owner_map((6, 4, 0, 3)), 1)

@@ -11,7 +11,7 @@ void scale_channels(T* y, int64_t batch, int64_t channels, int64_t pixels, int64
       for (int64_t p = 0; p < pixels; ++p) {
         T* yp = y + b * stride_b + p * stride_p;
         const T* m = out_mask + b * mask_stride;
-        for (int64_t c = 0; c < channels; ++c) yp[c] *= m[c];
+        for (int64_t c = 0; c < channels; ++c) yp[c] = masked_output(yp[c], m[c]);
       }
     return;
   }
@@ -20,7 +20,7 @@ void scale_channels(T* y, int64_t batch, int64_t channels, int64_t pixels, int64
     for (int64_t c = 0; c < channels; ++c) {
       T* yc = y + b * stride_b + c * stride_c;
       const T m = out_mask[b * mask_stride + c];
-      for (int64_t p = 0; p < pixels; ++p) yc[p * stride_p] *= m;
+      for (int64_t p = 0; p < pixels; ++p) yc[p * stride_p] = masked_output(yc[p * stride_p], m);
     }
 }
 

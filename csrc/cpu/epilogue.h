@@ -5,6 +5,12 @@
 
 namespace maskops::cpu {
 
+// y * m, exactly 0 where m is 0 (a switched-off unit stays off even where y is NaN or inf).
+template <class T>
+inline T masked_output(T y, T m) {
+  return m == T(0) ? T(0) : y * m;
+}
+
 template <class T>
 struct Epilogue {
   const T* bias = nullptr;          // (N,) or null
@@ -21,7 +27,7 @@ struct Epilogue {
     }
     if (out_mask) {
       const T* m = out_mask + row * out_mask_row_stride + c0;
-      for (int64_t c = 0; c < cols; ++c) y[c] *= m[c];
+      for (int64_t c = 0; c < cols; ++c) y[c] = masked_output(y[c], m[c]);
     }
   }
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "few_rows.h"
@@ -46,6 +47,30 @@ int64_t block_size(int64_t size, int64_t target, int64_t align) {
 template <class T>
 void zero_block(T* a, int64_t lda, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) std::memset(a + r * lda, 0, sizeof(T) * cols);
+}
+
+// Which rows of a (rows x cols) matrix hold a NaN or an infinity.  A product such a row meets
+// is not finite, even with a weight of zero (NaN * 0, inf * 0); where the kernels skip a
+// product the task cannot see, they write NaN for these rows, so every path gives what dense
+// math on the masked weight gives.
+template <class T>
+std::vector<char> nonfinite_rows(const T* a, int64_t lda, int64_t rows, int64_t cols) {
+  std::vector<char> flags(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = a + r * lda;
+    T zero = 0;  // becomes NaN exactly when the row holds a NaN or an infinity
+#pragma omp simd reduction(+ : zero)
+    for (int64_t c = 0; c < cols; ++c) zero += row[c] * T(0);
+    flags[r] = zero != zero;
+  }
+  return flags;
+}
+
+// A skipped product's block of the output: zero, or NaN in the rows `nonfinite` flags.
+template <class T>
+void skipped_block(T* a, int64_t lda, int64_t rows, int64_t cols, const char* nonfinite) {
+  for (int64_t r = 0; r < rows; ++r)
+    if (nonfinite[r]) std::fill(a + r * lda, a + r * lda + cols, std::numeric_limits<T>::quiet_NaN());
 }
 
 // Rows in grouped order: the originals when not reordered, else a gathered copy.
@@ -103,6 +128,9 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
   const int64_t row_bytes = int64_t(sizeof(T)) * std::max<int64_t>(K, 1);
   const int64_t panel = block_size(N, panel_bytes / row_bytes, 8);
   const int64_t panels = ceil_div(N, panel);
+  // Only the panel path skips products (the fused kernels multiply every weight).
+  const std::vector<char> nonfinite =
+      all_fused(groups) ? std::vector<char>(M) : nonfinite_rows(xs.data, K, M, K);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t p = 0; p < panels; ++p) {
@@ -121,10 +149,12 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
         gemm(false, true, m, rows_w, K, xg, K, wp, K, T(0), yg, N);
       } else {
         T* masked = thread_scratch<T>(rows_w * K);
-        if (mask_block(wp, K, vp, K, g.task, rows_w, K, masked, K))
+        if (mask_block(wp, K, vp, K, g.task, rows_w, K, masked, K)) {
           gemm(false, true, m, rows_w, K, xg, K, masked, K, T(0), yg, N);
-        else
+        } else {
           zero_block(yg, N, m, rows_w);
+          skipped_block(yg, N, m, rows_w, nonfinite.data() + g.begin);
+        }
       }
       if (epilogue_here)
         for (int64_t r = 0; r < m; ++r) epilogue.apply(yg + r * N, g.begin + r, n0, rows_w);
@@ -136,7 +166,9 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
 namespace {
 
 // Input gradient when every group is small: threads split the weight rows, stream whole
-// rows (as the forward does) and sum private partial results at the end.
+// rows (as the forward does) and sum private partial results at the end.  The split is
+// static and the partials are added in thread order, so the result is the same on every call
+// with the same number of threads.
 template <class T>
 void grad_input_by_rows(const T* gs, int64_t M, int64_t N, const T* w, int64_t K,
                         const Vis<T>& vis, const TaskGroups& groups, T* gxs) {
@@ -149,7 +181,7 @@ void grad_input_by_rows(const T* gs, int64_t M, int64_t N, const T* w, int64_t K
   {
     const int id = thread_id();
     T* out = id == 0 ? gxs : partials.data() + (id - 1) * M * K;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
       for (const TaskGroup& g : groups.groups)
@@ -172,6 +204,8 @@ void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_
   const int64_t cols = block_size(K, kTileCols, 16);
   const int64_t rows = std::max<int64_t>(8, kTileBytes / int64_t(sizeof(T) * cols));
   const int64_t blocks = ceil_div(K, cols);
+  const std::vector<char> nonfinite =
+      all_fused(groups) ? std::vector<char>(M) : nonfinite_rows(gs, N, M, N);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t b = 0; b < blocks; ++b) {
@@ -195,6 +229,8 @@ void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_
           T* masked = thread_scratch<T>(nc * kc);
           if (mask_block(wt, K, vt, K, g.task, nc, kc, masked, kc))
             gemm(false, false, m, kc, nc, gg, N, masked, kc, T(1), out, K);
+          else
+            skipped_block(out, K, m, kc, nonfinite.data() + g.begin);
         }
       }
     }

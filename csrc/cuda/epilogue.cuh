@@ -19,7 +19,10 @@ struct Epilogue {
 
   __device__ float finish(int64_t m, int64_t n, float v) const {
     if (bias) v += widen(bias[n]);
-    if (out_mask) v *= widen(out_mask[out_mask_per_row ? m * N + n : n]);
+    if (out_mask) {  // a 0 gives exactly 0: a switched-off unit stays off even for NaN / inf
+      const float om = widen(out_mask[out_mask_per_row ? m * N + n : n]);
+      v = om == 0.f ? 0.f : v * om;
+    }
     return v;
   }
 

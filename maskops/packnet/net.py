@@ -225,8 +225,16 @@ class PackNet:
             raise ValueError(f"{path!r} does not match this model: it tracks {sorted(stored)}, "
                              f"the model has {sorted(keyed)}")
         for key, tracked in keyed.items():
+            if not tracked.valid_state(stored[key], payload["num_tasks"]):
+                raise ValueError(f"{path!r} is not a valid maskops PackNet checkpoint: the state "
+                                 f"of {key} does not fit {tracked.live.shape} and "
+                                 f"{payload['num_tasks']} tasks")
             tracked.load_state(stored[key])
         net._num_tasks, net._active = payload["num_tasks"], payload["active"]
+        for layer in net._layers:
+            if layer.owner.numel() and int(layer.owner.max()) > net._num_tasks:
+                raise ValueError(f"{path!r} is not a valid maskops PackNet checkpoint: an owner "
+                                 f"names task {int(layer.owner.max())} of {net._num_tasks}")
         with torch.no_grad():
             if payload["task"] is not None:
                 net._select(payload["task"])
@@ -305,6 +313,8 @@ class PackNet:
 
     def _check_task(self, task) -> int:
         if isinstance(task, torch.Tensor) and task.dim() == 0:
+            if task.is_floating_point() or task.is_complex() or task.dtype == torch.bool:
+                raise TypeError(f"task must be an int or an integer tensor, got a {task.dtype} tensor")
             task = int(task)
         if isinstance(task, bool) or not isinstance(task, numbers.Integral):
             raise TypeError(f"task must be an int, got {type(task).__name__}")

@@ -98,6 +98,11 @@ class PerTask(_Tracked):
     def state(self) -> list[torch.Tensor]:
         return list(self.values)
 
+    def valid_state(self, state, num_tasks: int) -> bool:
+        """Whether `state` (from a checkpoint) is one value shaped like the live one per task."""
+        return isinstance(state, list) and len(state) == num_tasks and all(
+            isinstance(v, torch.Tensor) and v.shape == self.live.shape for v in state)
+
     def load_state(self, state: list[torch.Tensor]) -> None:
         self.values = list(state)
 
@@ -119,6 +124,10 @@ class Owned(_Tracked):
 
     def state(self) -> Optional[torch.Tensor]:
         return self.snapshot
+
+    def valid_state(self, state, num_tasks: int) -> bool:
+        """Whether `state` (from a checkpoint) is None or a snapshot shaped like the live value."""
+        return state is None or (isinstance(state, torch.Tensor) and state.shape == self.live.shape)
 
     def load_state(self, state: Optional[torch.Tensor]) -> None:
         self.snapshot = state

@@ -17,7 +17,7 @@ from maskops.selection import Vis
 from maskops.triton import launch
 from maskops.triton.masks import Layout, occupancy
 from maskops.triton.materialize import masked_weight
-from maskops.triton.matmul import Geometry, gemm, wgrad
+from maskops.triton.matmul import Geometry, gemm, times_out_mask, wgrad
 from maskops.triton.tiles import DGRAD, IM2COL
 
 
@@ -52,7 +52,7 @@ def conv2d_forward(x, w, vis: Vis, bias, out_mask, stride, padding, dilation, gr
     def run(cfg):
         if cfg.materialize:
             y = F.conv2d(x, masked_weight(w, vis, packed), bias, stride, padding, dilation, groups)
-            return y if out_mask is None else y.mul_(out_mask.reshape(*out_mask.shape, 1, 1))
+            return times_out_mask(y, None if out_mask is None else out_mask.reshape(*out_mask.shape, 1, 1))
         xh, out = _nhwc(x), x.new_empty((batch, oh, ow, cout))
         gemm(xh, w, vis.per_row(oh * ow), _forward_layout(groups), out.view(rows, cout), cfg,
              gather=IM2COL.value, geometry=geometry, bias=bias, out_mask=out_mask, om_div=oh * ow,

@@ -19,11 +19,11 @@ from maskops.triton.tiles import apply_keep, keep_of, load_raw_mask
 @triton.jit
 def _masked_weight_kernel(w_ptr, m_ptr, out_ptr, N, K, task, s_mn,
                           MASK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    offs_n = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)
     k0 = tl.program_id(1) * BK
     offs_k = k0 + tl.arange(0, BK)
     ok = (offs_n < N)[:, None] & (offs_k < K)[None, :]
-    offs = offs_n.to(tl.int64)[:, None] * K + offs_k[None, :]
+    offs = offs_n[:, None] * K + offs_k[None, :]
     full = k0 & 0  # no plan: no tile is known to be full
     w = tl.load(w_ptr + offs, mask=ok, other=0.0)
     raw = load_raw_mask(m_ptr, 0, offs_n, offs_n < N, k0, K, full, 0, s_mn, 1, MASK, BN, BK)

@@ -59,8 +59,9 @@ def _gemm_kernel(a_ptr, b_ptr, m_ptr, c_ptr, bias_ptr, om_ptr, perm_ptr, table_p
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    g = pid_n // n_tiles
-    offs_n = (pid_n % n_tiles) * BN + tl.arange(0, BN)
+    # Offsets into the weight are int64: a weight may hold more than 2^31 elements.
+    g = (pid_n // n_tiles).to(tl.int64)
+    offs_n = ((pid_n % n_tiles) * BN + tl.arange(0, BN)).to(tl.int64)
     n_ok = offs_n < Ng
     cols = g * Ng + offs_n
     rows, row_ok, t = tile_rows(perm_ptr, table_ptr, pid_m, M, task, GROUPED, BM)
@@ -97,7 +98,7 @@ def _gemm_kernel(a_ptr, b_ptr, m_ptr, c_ptr, bias_ptr, om_ptr, perm_ptr, table_p
         k_ok = offs_k < Kg
         a = load_rows(a_ptr, rows, row_ok, image, y0, x0, offs_k, k_ok, g * Cg, s_am,
                       Hs, Ws, Cs, KW, Cg, s0, s1, d0, d1, GATHER)
-        w = tl.load(b_ptr + g * s_bg + offs_n[:, None] * s_bn + offs_k[None, :] * s_bk,
+        w = tl.load(b_ptr + g * s_bg + offs_n[:, None] * s_bn + offs_k.to(tl.int64)[None, :] * s_bk,
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if MASK != DENSE:
             raw = load_raw_mask(m_ptr, g, offs_n, n_ok, k0, Kg, full, s_mg, s_mn, s_mk, MASK, BN, BK)
@@ -142,8 +143,8 @@ def _wgrad_kernel(g_ptr, x_ptr, m_ptr, dw_ptr, perm_ptr, table_ptr, count_ptr, t
         flat = tl.program_id(0)
         full = flat & 0  # no plan: no tile is known to be full
     k0 = (flat % k_tiles) * BK
-    g = flat // k_tiles // n_tiles
-    offs_n = (flat // k_tiles % n_tiles) * BN + tl.arange(0, BN)
+    g = (flat // k_tiles // n_tiles).to(tl.int64)
+    offs_n = ((flat // k_tiles % n_tiles) * BN + tl.arange(0, BN)).to(tl.int64)
     offs_k = k0 + tl.arange(0, BK)
     n_ok = offs_n < Ng
     k_ok = offs_k < Kg
@@ -208,7 +209,24 @@ def gemm(a: torch.Tensor, weight: torch.Tensor, vis: Vis, layout: Layout, out: t
         GATHER=gather, MASK=mask.kind, PLAN=plan is not None, GROUPED=table is not None,
         HAS_BIAS=bias is not None, HAS_OM=out_mask is not None, SPLIT_K=split, SWAP_AB=cfg.swap_ab,
         BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, num_warps=cfg.warps, num_stages=cfg.stages)
+    if gather == PLAIN.value and plan is not None \
+            and plan.k_entries.numel() < (plan.row_ptr.numel() - 1) * plan.k_tiles:
+        _nan_where_skipped(out, a, plan, cfg.bn, ng, out_mask)
     return out
+
+
+def _nan_where_skipped(out, a, plan, bn: int, ng: int, out_mask) -> None:
+    """NaN in the columns whose weight tiles the plan skipped, for rows of `a` holding a NaN or
+    an infinity: there dense math on the masked weight gives NaN (NaN * 0, inf * 0), and the
+    skipped tiles never met the row (a channel whose out_mask is 0 stays 0).  Device-side, no
+    synchronization; run only when the plan skips something."""
+    visited = plan.row_ptr[1:] - plan.row_ptr[:-1]  # K-tiles of each (group, N-tile)
+    groups = visited.numel() // plan.n_tiles
+    skipped = (visited < plan.k_tiles).repeat_interleave(bn).view(groups, -1)[:, :ng].reshape(1, -1)
+    if out_mask is not None:
+        skipped = skipped & (out_mask != 0).reshape(-1, out.shape[1])
+    rows = ~torch.isfinite(a).all(1)
+    out.masked_fill_(rows[:, None] & skipped, float("nan"))
 
 
 def _strides(t) -> tuple:
@@ -255,8 +273,10 @@ def wgrad(grad: torch.Tensor, x: torch.Tensor, vis: Vis, layout: Layout, shape, 
     return out
 
 
-def _times_out_mask(y: torch.Tensor, out_mask) -> torch.Tensor:
-    return y if out_mask is None else y.mul_(out_mask)
+def times_out_mask(y: torch.Tensor, out_mask) -> torch.Tensor:
+    """y * out_mask in place (out_mask broadcast to y), exactly 0 where out_mask is 0, as the
+    kernels' epilogue gives."""
+    return y if out_mask is None else y.mul_(out_mask).masked_fill_(out_mask == 0, 0)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -272,7 +292,7 @@ def linear_forward(x, w, vis: Vis, bias=None, out_mask=None, *, config=None, pac
 
     def run(cfg):
         if cfg.materialize:
-            return _times_out_mask(F.linear(x, masked_weight(w, vis, packed), bias), out_mask)
+            return times_out_mask(F.linear(x, masked_weight(w, vis, packed), bias), out_mask)
         return gemm(x, w, vis, LINEAR, out, cfg, bias=bias, out_mask=out_mask, packed=packed)
     return launch.choose(
         launch.tune_key("linear_forward", m, x.dtype, vis, *w.shape, occupancy(vis, LINEAR), packed,

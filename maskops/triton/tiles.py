@@ -25,7 +25,8 @@ DGRAD = tl.constexpr(2)      # conv output gradient, NHWC, read as the transpose
 @triton.jit
 def load_raw_mask(m_ptr, g, offs_n, n_ok, k0, Kg, full, s_mg, s_mn, s_mk,
                   MASK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """The mask values of weight tile (g, offs_n, k0:k0+BK); nothing is read for a full tile."""
+    """The mask values of weight tile (g, offs_n, k0:k0+BK); nothing is read for a full tile.
+    g and offs_n are int64, as every offset into a weight-sized array must be."""
     k_end = Kg * (1 - full)  # 0 for a full tile: every load masked off
     if MASK == BITS:
         offs_w = k0 // 32 + tl.arange(0, BK // 32)
@@ -36,7 +37,7 @@ def load_raw_mask(m_ptr, g, offs_n, n_ok, k0, Kg, full, s_mg, s_mn, s_mk,
     else:
         offs_k = k0 + tl.arange(0, BK)
         ok = n_ok[:, None] & (offs_k < k_end)[None, :]
-        raw = tl.load(m_ptr + g * s_mg + offs_n[:, None] * s_mn + offs_k[None, :] * s_mk,
+        raw = tl.load(m_ptr + g * s_mg + offs_n[:, None] * s_mn + offs_k.to(tl.int64)[None, :] * s_mk,
                       mask=ok, other=0)
     return raw
 
@@ -145,10 +146,10 @@ def load_out_mask(om_ptr, rows, row_ok, cols, n_ok, s_om, om_div):
 @triton.jit
 def store_output(acc, c_ptr, rows, row_ok, cols, n_ok, s_cm, bias_ptr, om,
                  HAS_BIAS: tl.constexpr, HAS_OM: tl.constexpr):
-    """(acc + bias) * out_mask, in c's dtype."""
+    """(acc + bias) * out_mask, in c's dtype; 0 where out_mask is 0 (even for NaN / inf)."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_OM:
-        acc = acc * om
+        acc = tl.where(om == 0.0, 0.0, acc * om)
     ptrs = c_ptr + rows.to(tl.int64)[:, None] * s_cm + cols[None, :]
     tl.store(ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])

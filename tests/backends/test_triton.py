@@ -223,27 +223,45 @@ def _effective(w, owner, task):
 
 
 def test_invisible_tiles_are_never_read():
-    # NaN in the input columns of a K-tile no row of the first N-tile can see: a kernel that
-    # reads that tile produces NaN (NaN * 0), one that skips it does not.
+    # NaN in the weights of a tile no row of the first N-tile can see: a kernel that read it
+    # would carry NaN into the output (as a masked load would, were it multiplied), one that
+    # skips it does not.
     x, w = torch.randn(4, K, device=DEVICE), torch.randn(N, K, device=DEVICE)
     owner = torch.randint(1, 3, (N, K), dtype=torch.uint8, device=DEVICE)
     owner[:32, 32:64] = 3
-    x[:, 32:64] = float("nan")
+    w[:32, 32:64] = float("nan")
     y = matmul.linear_forward(x, w, Vis(Mode.visible, owner, None, 2), config=launch.Config(16, 32, 32))
-    assert torch.isfinite(y[:, :32]).all() and torch.isnan(y[:, 32:]).all()
-    want = reference.task_linear(x.nan_to_num(0), w, owner, 2)
-    _close(y[:, :32], want[:, :32], torch.float32, "visible part")
+    assert torch.isfinite(y).all()
+    _close(y, reference.task_linear(x, w.nan_to_num(0), owner, 2), torch.float32, "output")
+
+
+def test_skipped_tiles_give_nan_for_rows_that_are_not_finite():
+    """Where the kernel skips a tile (nothing visible, or out_mask zero), a row of x holding a
+    NaN or an infinity still gives what dense math gives there: NaN (NaN * 0, inf * 0)."""
+    x, w = torch.randn(4, K, device=DEVICE), torch.randn(N, K, device=DEVICE)
+    owner = torch.randint(1, 3, (N, K), dtype=torch.uint8, device=DEVICE)
+    owner[:32, 32:64] = 3
+    x[0, 40], x[1, 0] = float("nan"), float("inf")
+    out_mask = torch.ones(N, device=DEVICE)
+    out_mask[32:] = 0
+    for om in (None, out_mask):
+        y = matmul.linear_forward(x, w, Vis(Mode.visible, owner, None, 2), None, om,
+                                  config=launch.Config(16, 32, 32))
+        want = reference.task_linear(x, w, owner, 2, out_mask=om)
+        assert torch.equal(torch.isfinite(y), torch.isfinite(want))
+        assert torch.equal(torch.isnan(y[0]), torch.isnan(want[0]))
+        _close(y[2:], want[2:], torch.float32, "finite rows")
 
 
 def test_zero_out_mask_tiles_are_skipped():
     x, w = torch.randn(4, K, device=DEVICE), torch.randn(N, K, device=DEVICE)
-    x[0, 0] = float("nan")  # the skipped tile never multiplies it
+    w[:32] = float("nan")  # the skipped tiles never read these weights
     out_mask = torch.ones(N, device=DEVICE)
     out_mask[:32] = 0
     y = matmul.linear_forward(x, w, Vis(Mode.dense), None, out_mask, config=launch.Config(16, 32, 32))
-    assert (y[:, :32] == 0).all() and torch.isnan(y[0, 32:]).all()
-    _close(y[1:], reference.masked_linear(x[1:], w, torch.ones_like(w), out_mask=out_mask),
-           torch.float32, "unmasked rows")
+    assert (y[:, :32] == 0).all() and torch.isfinite(y).all()
+    _close(y, reference.masked_linear(x, w.nan_to_num(0), torch.ones_like(w), out_mask=out_mask),
+           torch.float32, "output")
 
 
 # ----------------------------------------------------------------------------- conv2d
