@@ -110,3 +110,20 @@ def test_out_mask_attribute():
     layer.out_mask = torch.tensor([1.0, 0.0, 1.0])
     y = layer(torch.randn(2, 4))
     assert torch.all(y[:, 1] == 0) and torch.all(y[:, 0] != 0)
+
+
+@pytest.mark.parametrize("owner, loads", [
+    (torch.full((4, 3), 300, dtype=torch.int64), False),  # would wrap to 44 as uint8
+    (torch.full((4, 3), 2.7), False),
+    (torch.ones(4, 3, dtype=torch.bool), False),
+    (torch.full((4, 3), 2, dtype=torch.int64), True),     # task ids: cast without change
+])
+def test_owner_state_must_hold_task_ids(owner, loads):
+    layer = maskops.nn.MaskedLinear(3, 4)
+    state = dict(layer.state_dict(), owner=owner)
+    if loads:
+        layer.load_state_dict(state)
+        assert layer.owner.dtype == torch.uint8 and torch.all(layer.owner == 2)
+    else:
+        with pytest.raises(RuntimeError, match="owner: an owner map holds task ids"):
+            layer.load_state_dict(state)

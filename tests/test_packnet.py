@@ -355,3 +355,56 @@ def test_demo_writes_results_and_plot(tmp_path):
         assert {"avg_acc", "max_forgetting", "per_task"} <= set(method) and len(method["per_task"]) == 5
     assert data["packnet"]["max_forgetting"] == 0.0
     assert plot.stat().st_size > 0
+
+
+def _saved(tmp_path):
+    model, net, _ = _learn_first_task("mlp")
+    path = tmp_path / "packnet.pt"
+    net.save(path)
+    return path, torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.pop("config"), "missing config"),
+    (lambda p: p.pop("tracked"), "missing tracked"),
+    (lambda p: p.update(task=7), r"task must be None or a task id in 1\.\.1, got 7"),
+    (lambda p: p.update(num_tasks=300), r"num_tasks must be an int in 0\.\.255, got 300"),
+    (lambda p: p.update(num_tasks=-1), "num_tasks must be an int"),
+    (lambda p: p.update(active=9), r"active must be None or a task id in 1\.\.1, got 9"),
+    (lambda p: p.update(config={"bias": "frozen"}), "config must hold exactly"),
+    (lambda p: p.update(model=[1]), "model must be a dict"),
+    (lambda p: p["tracked"].update({k: [] for k in p["tracked"] if isinstance(p["tracked"][k], list)}),
+     "does not fit"),
+    (lambda p: p["model"].update({k: v.fill_(9) for k, v in p["model"].items() if k.endswith("owner")}),
+     "an owner names task 9"),
+])
+def test_load_reports_malformed_checkpoints(tmp_path, change, message):
+    path, payload = _saved(tmp_path)
+    change(payload)
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=message):
+        PackNet.load(path, _mlp())
+
+
+def test_load_reports_truncated_files_and_a_killed_save_is_overwritten(tmp_path):
+    path, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
+        PackNet.load(path, _mlp())
+    with pytest.raises(FileNotFoundError):
+        PackNet.load(tmp_path / "missing.pt", _mlp())
+    stray = tmp_path / "packnet.pt.tmp"  # what a save killed before its rename leaves
+    stray.write_bytes(b"half a checkpoint")
+    model, net, _ = _learn_first_task("mlp")
+    net.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packnet.pt"]
+    assert PackNet.load(path, _mlp()).num_tasks == 1
+
+
+def test_set_task_refuses_a_float_tensor():
+    model, net, _ = _learn_first_task("mlp")
+    with pytest.raises(TypeError, match="integer tensor"):
+        net.set_task(torch.tensor(1.7))
+    net.set_task(torch.tensor(1))
+    assert net.task == 1

@@ -318,3 +318,21 @@ def test_gradcheck_through_native_ops():
             (xc, wc))
 
 
+
+
+def test_input_gradient_is_the_same_on_every_call():
+    """Small batches sum per-thread partial input gradients: in a fixed split and order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(2, 1024, generator=g, requires_grad=True)
+        w = torch.randn(8192, 1024, generator=g)
+        owner = owner_map(w.shape, generator=g)
+        upstream = torch.randn(2, 8192, generator=g)
+        with maskops.use_backend("cpu"):
+            results = [torch.autograd.grad(maskops.task_linear(x, w, owner, 2), [x], upstream)[0]
+                       for _ in range(8)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results[1:])

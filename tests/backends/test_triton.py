@@ -370,3 +370,19 @@ def test_gpu_autotuned_linear():
     y = matmul.linear_forward(x, w, Vis(Mode.visible, owner, None, 2))
     assert launch._tuned  # the candidates were timed and the winner remembered
     _close(y, reference.task_linear(x.float(), w.float(), owner, 2), torch.float16, "autotuned")
+
+
+def test_weight_over_2_31_elements():
+    """Offsets into the weight and its owner are int64 (N * K > 2^31): the one visible weight
+    row, the last, is found and used."""
+    n, k = 32769, 65536
+    x = torch.randn(2, k, device=DEVICE).half()
+    w = torch.empty(n, k, dtype=torch.float16, device=DEVICE)  # pages untouched but the read ones
+    owner = torch.zeros(n, k, dtype=torch.uint8, device=DEVICE)
+    owner[-1, -32:] = 1
+    w[-1, -32:] = torch.randn(32, device=DEVICE).half()
+    with maskops.use_backend("triton"):
+        y = maskops.task_linear(x, w, owner, torch.tensor([1, 1], device=DEVICE))
+    expected = x[:, -32:].float() @ w[-1, -32:].float()
+    assert torch.all(y[:, :-1] == 0)
+    _close(y[:, -1], expected, torch.float16, "the visible row")
