@@ -7,11 +7,13 @@
 #include <utility>
 #include <vector>
 
+#include "csrc/cpu/blocks.h"
 #include "csrc/cpu/epilogue.h"
 #include "csrc/cpu/linear.h"
 #include "csrc/cpu/masking.h"
 #include "csrc/cpu/task_groups.h"
 #include "kernels.h"
+#include "owner_cache.h"
 
 namespace maskops {
 namespace {
@@ -39,6 +41,23 @@ cpu::TaskGroups groups_of(const Selection& s, int64_t rows, int64_t rows_per_sam
   return cpu::group_rows(r.order.data_ptr<int64_t>(), r.offsets.data_ptr<int64_t>(),
                          r.order.numel(), rows_per_sample);
 }
+
+// The visible-block maps of the tasks of `groups` (visible mode; cached per owner version and
+// task), with the tensors that hold them.  Owners without a version counter get none.
+struct Blocks {
+  cpu::BlockMaps maps;
+  std::vector<Tensor> held;
+
+  Blocks(const Selection& s, const cpu::TaskGroups& groups) {
+    if (s.mode != Mode::visible || s.owner.dim() != 2 || s.owner.is_inference()) return;
+    for (const cpu::TaskGroup& g : groups.groups) {
+      if (g.task >= maps.by_task.size()) maps.by_task.resize(g.task + 1, nullptr);
+      held.push_back(cached_visible_blocks(s.owner, g.task));
+      maps.by_task[g.task] = held.back().data_ptr<uint8_t>();
+    }
+  }
+  const cpu::BlockMaps* get() const { return held.empty() ? nullptr : &maps; }
+};
 
 // cpu::Gemm through ATen's matmul on views of the raw blocks (MKL/OpenBLAS underneath).
 // Called from the kernels' worker threads, where BLAS runs single-threaded.
@@ -121,6 +140,7 @@ class CpuKernels final : public Kernels {
                         const OptTensor& out_mask) const override {
     const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
     const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
+    const Blocks blocks(s, groups);
     Tensor y = at::empty({M, N}, x.options());
     for_dtype(x, [&](auto zero) {
       using T = decltype(zero);
@@ -131,7 +151,7 @@ class CpuKernels final : public Kernels {
         epilogue.out_mask_row_stride = out_mask->dim() == 2 ? N : 0;
       }
       cpu::linear_forward<T>(x.data_ptr<T>(), M, K, weight.data_ptr<T>(), N, vis_of<T>(s), groups,
-                             epilogue, y.data_ptr<T>(), aten_gemm<T>);
+                             blocks.get(), epilogue, y.data_ptr<T>(), aten_gemm<T>);
     });
     return y;
   }

@@ -56,6 +56,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Per-sample task ids as (task int32, order int64, offsets int64 on the CPU).");
   m.def("cached_visible_bits", &cached_visible_bits, py::arg("owner"), py::arg("task"),
         "pack_visible(owner, task), built once per owner version and task.");
+  m.def("cached_visible_blocks", &cached_visible_blocks, py::arg("owner"), py::arg("task"),
+        "The 32 x 64 blocks of a 2-D CPU owner map that hold a weight visible to task, cached.");
   m.def("set_python_bridge", &set_python_bridge,
         "Where the ops hand calls of the torch and triton backends (maskops does this).");
 

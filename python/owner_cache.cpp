@@ -5,6 +5,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "csrc/cpu/blocks.h"
 #include "csrc/modes.h"
 
 namespace maskops {
@@ -26,10 +27,13 @@ at::Tensor pack_visible(const at::Tensor& owner, int64_t task) {
 
 namespace {
 
+// What is derived from one owner map: 1-bit maps and block maps, per task.
+enum class Derived : int64_t { bits = 0, blocks = 1 };
+
 struct Entry {
   c10::weak_intrusive_ptr<c10::TensorImpl> owner{c10::intrusive_ptr<c10::TensorImpl>()};
   uint32_t version = 0;
-  std::unordered_map<int64_t, at::Tensor> bits;
+  std::unordered_map<int64_t, at::Tensor> derived;  // by 2 * task + Derived
 };
 
 std::mutex mutex;
@@ -41,10 +45,20 @@ void forget_dead_owners() {
     it = it->second.owner.expired() ? cache.erase(it) : std::next(it);
 }
 
-}  // namespace
+at::Tensor visible_blocks(const at::Tensor& owner, int64_t task) {
+  TORCH_CHECK(owner.dim() == 2 && owner.is_cpu() && owner.is_contiguous() &&
+                  owner.scalar_type() == at::kByte,
+              "visible_blocks needs a contiguous 2-D uint8 CPU owner");
+  const int64_t n = owner.size(0), k = owner.size(1);
+  at::Tensor out = at::empty({cpu::block_grid(n, cpu::kBlockRows), cpu::block_grid(k, cpu::kBlockCols)},
+                             owner.options());
+  cpu::visible_blocks(owner.data_ptr<uint8_t>(), n, k, unsigned(task), out.data_ptr<uint8_t>());
+  return out;
+}
 
-at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
-  if (owner.is_inference()) return pack_visible(owner, task);  // no version counter to watch
+template <class Build>
+at::Tensor cached(const at::Tensor& owner, int64_t task, Derived kind, Build&& build) {
+  if (owner.is_inference()) return build();  // no version counter to watch
   const c10::TensorImpl* key = owner.unsafeGetTensorImpl();
   const uint32_t version = owner._version();
   std::lock_guard<std::mutex> lock(mutex);
@@ -54,9 +68,20 @@ at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
   if (alive.get() != key || entry.version != version) {
     entry = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(owner.getIntrusivePtr()), version, {}};
   }
-  auto it = entry.bits.find(task);
-  if (it == entry.bits.end()) it = entry.bits.emplace(task, pack_visible(owner, task)).first;
+  const int64_t slot = 2 * task + int64_t(kind);
+  auto it = entry.derived.find(slot);
+  if (it == entry.derived.end()) it = entry.derived.emplace(slot, build()).first;
   return it->second;
+}
+
+}  // namespace
+
+at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
+  return cached(owner, task, Derived::bits, [&] { return pack_visible(owner, task); });
+}
+
+at::Tensor cached_visible_blocks(const at::Tensor& owner, int64_t task) {
+  return cached(owner, task, Derived::blocks, [&] { return visible_blocks(owner, task); });
 }
 
 TORCH_LIBRARY_IMPL(maskops, CompositeExplicitAutograd, m) {

@@ -371,7 +371,8 @@ def _saved(tmp_path):
     (lambda p: p.update(num_tasks=300), r"num_tasks must be an int in 0\.\.255, got 300"),
     (lambda p: p.update(num_tasks=-1), "num_tasks must be an int"),
     (lambda p: p.update(active=9), r"active must be None or a task id in 1\.\.1, got 9"),
-    (lambda p: p.update(config={"bias": "frozen"}), "config must hold exactly"),
+    (lambda p: p.update(config={"bias": "frozen"}), "config must hold prune_ratio"),
+    (lambda p: p["config"].update(colour="red"), "config must hold prune_ratio"),
     (lambda p: p.update(model=[1]), "model must be a dict"),
     (lambda p: p["tracked"].update({k: [] for k in p["tracked"] if isinstance(p["tracked"][k], list)}),
      "does not fit"),
@@ -408,3 +409,70 @@ def test_set_task_refuses_a_float_tensor():
         net.set_task(torch.tensor(1.7))
     net.set_task(torch.tensor(1))
     assert net.task == 1
+
+
+# ----------------------------------------------------------------------------- structured pruning
+
+
+def _blocks(owner2d, rows, cols):
+    """Owner values per block of a 2-D owner map (edge blocks smaller): a list of tensors."""
+    return [owner2d[r:r + rows, c:c + cols] for r in range(0, owner2d.shape[0], rows)
+            for c in range(0, owner2d.shape[1], cols)]
+
+
+@pytest.mark.parametrize("structure, block", [("block", (4, 8)), ("block", (3, 5)), ("channel", None)])
+def test_structured_pruning_frees_whole_units_at_the_requested_ratio(structure, block):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(21, 10), nn.ReLU(), nn.Conv2d(2, 5, 3))
+    net = PackNet(model, prune_ratio=0.75, structure=structure, block=block)
+    net.begin_task()
+    pruned = net.prune()
+    for name, layer in (("0", model[0]), ("2", model[2])):
+        view = layer.owner.reshape(layer.owner.shape[0], -1)
+        unit = (1, view.shape[1]) if structure == "channel" else block
+        units = _blocks(view, *unit)
+        kept = [u for u in units if (u == 1).any()]
+        assert all((u == 1).all() or (u == 0).all() for u in units)  # whole units
+        assert len(units) - len(kept) == round(0.75 * len(units))
+        assert pruned[name] == int((view == 0).sum())
+        assert torch.all(layer.weight[layer.owner == 0] == 0)
+
+
+def test_structured_pruning_removes_the_weakest_units_and_breaks_ties_by_index():
+    model = nn.Sequential(nn.Linear(4, 4))
+    net = PackNet(model, prune_ratio=0.5, structure="block", block=(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1., 1., 5., 5.], [1., 1., 5., 5.],
+                                            [3., 3., 3., 3.], [3., 3., 3., 3.]]))
+    net.begin_task()
+    net.prune()
+    # Blocks by RMS: 1, 5, 3, 3 -> the two weakest are the 1-block and the first 3-block.
+    assert model[0].owner.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("structure", ["block", "channel"])
+def test_structured_tasks_are_frozen_bit_for_bit(structure):
+    model, net, x = _learn_first_task("convnet", structure=structure, block=(4, 8))
+    before = _outputs(model, x)
+    net.begin_task()
+    _train(model, OPTIMIZERS["adamw"](model.parameters()), *_batch("convnet", 2))
+    net.set_task(1)
+    after = _outputs(model, x)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+
+
+def test_structure_is_saved_and_checked(tmp_path):
+    model, net, _ = _learn_first_task("mlp", structure="channel")
+    net.save(tmp_path / "p.pt")
+    assert PackNet.load(tmp_path / "p.pt", _mlp()).structure == "channel"
+    with pytest.raises(ValueError, match="structure must be one of"):
+        PackNet(_mlp(), structure="rows")
+    with pytest.raises(ValueError, match="block must be two positive ints"):
+        PackNet(_mlp(), structure="block", block=(0, 4))
+
+
+@pytest.mark.parametrize("shape, block", [((4096, 4096), (32, 512)), ((256, 576), (32, 128)),
+                                          ((16, 9), (4, 2)), ((64, 64), (16, 16)), ((2048, 2048), (32, 512))])
+def test_default_block_follows_the_layer(shape, block):
+    from maskops.packnet.net import default_block
+    assert default_block(*shape) == block

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "few_rows.h"
 #include "vis.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -24,7 +25,8 @@ namespace avx2 {
 // (masking.h).
 template <class T>
 void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
-                      int64_t K, unsigned task, int64_t rows_w, T* y, int64_t ldy);
+                      int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
+                      T* y, int64_t ldy);
 template <class T>
 void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, const Vis<T>& v,
                          int64_t ldw, unsigned task, int64_t rows_w, int64_t cols, T* gx,

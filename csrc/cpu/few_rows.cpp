@@ -8,7 +8,8 @@ namespace {
 
 template <Rule R, int MB, class T>
 void forward_kernel(const T* x, int64_t ldx, const T* w, const Vis<T>& v, int64_t K,
-                    unsigned task, int64_t rows_w, T* y, int64_t ldy) {
+                    const std::vector<KRange>& ranges, unsigned task, int64_t rows_w, T* y,
+                    int64_t ldy) {
   static_assert(MB >= 1 && MB <= 4, "one to four rows");
   const T* x0 = x;
   const T* x1 = x + (MB > 1 ? ldx : 0);
@@ -20,13 +21,22 @@ void forward_kernel(const T* x, int64_t ldx, const T* w, const Vis<T>& v, int64_
     // Scalar sums (not an array) and `omp simd`: the compiler may reassociate them into
     // vector lanes.
     T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    auto add = [&](auto rule, const KRange& range) {
+      constexpr Rule RR = decltype(rule)::value;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t k = 0; k < K; ++k) {
-      const T e = effective<R>(vr, k, wr[k], task);
-      s0 += x0[k] * e;
-      if constexpr (MB > 1) s1 += x1[k] * e;
-      if constexpr (MB > 2) s2 += x2[k] * e;
-      if constexpr (MB > 3) s3 += x3[k] * e;
+      for (int64_t k = range.begin; k < range.end; ++k) {
+        const T e = effective<RR>(vr, k, wr[k], task);
+        s0 += x0[k] * e;
+        if constexpr (MB > 1) s1 += x1[k] * e;
+        if constexpr (MB > 2) s2 += x2[k] * e;
+        if constexpr (MB > 3) s3 += x3[k] * e;
+      }
+    };
+    for (const KRange& range : ranges) {
+      if (range.full)
+        add(RuleConstant<Rule::dense>{}, range);
+      else
+        add(RuleConstant<R>{}, range);
     }
     const T sums[4] = {s0, s1, s2, s3};
     for (int m = 0; m < MB; ++m) y[m * ldy + r] = sums[m];
@@ -71,13 +81,15 @@ void grad_input_kernel(const T* g, int64_t ldg, const T* w, const Vis<T>& v, int
 
 template <class T>
 void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
-                      int64_t K, unsigned task, int64_t rows_w, T* y, int64_t ldy) {
+                      int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
+                      T* y, int64_t ldy) {
 #ifdef MASKOPS_HAVE_AVX2_KERNELS
-  if (avx2_enabled()) return avx2::few_rows_forward(x, ldx, rows_x, w, v, K, task, rows_w, y, ldy);
+  if (avx2_enabled())
+    return avx2::few_rows_forward(x, ldx, rows_x, w, v, K, ranges, task, rows_w, y, ldy);
 #endif
   with_rule_and_rows(v, rows_x, [&](auto rule, auto rows) {
-    forward_kernel<decltype(rule)::value, decltype(rows)::value>(x, ldx, w, v, K, task, rows_w,
-                                                                 y, ldy);
+    forward_kernel<decltype(rule)::value, decltype(rows)::value>(x, ldx, w, v, K, ranges, task,
+                                                                 rows_w, y, ldy);
   });
 }
 
@@ -97,7 +109,8 @@ void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, co
 
 #define MASKOPS_INSTANTIATE(T)                                                                \
   template void few_rows_forward<T>(const T*, int64_t, int64_t, const T*, const Vis<T>&,      \
-                                    int64_t, unsigned, int64_t, T*, int64_t);                 \
+                                    int64_t, const std::vector<KRange>&, unsigned, int64_t, T*, \
+                                    int64_t);                                                 \
   template void few_rows_grad_input<T>(const T*, int64_t, int64_t, const T*, const Vis<T>&,   \
                                        int64_t, unsigned, int64_t, int64_t, T*, int64_t);
 MASKOPS_INSTANTIATE(float)

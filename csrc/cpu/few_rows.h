@@ -4,12 +4,20 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "vis.h"
 
 namespace maskops::cpu {
 
 constexpr int64_t kFewRows = 4;
+
+// A range [begin, end) of the K dimension; `full` when every weight in it is selected for
+// every row the kernel is given, so the mask need not be read.
+struct KRange {
+  int64_t begin, end;
+  bool full = false;
+};
 
 // Calls f(RuleConstant<R>{}, std::integral_constant<int, MB>{}) with the rule of `v` and
 // MB = rows (1..kFewRows); nothing for 0 rows.
@@ -26,11 +34,13 @@ void with_rule_and_rows(const Vis<T>& v, int64_t rows, F&& f) {
   });
 }
 
-// y[m, r] = sum_k x[m, k] * w_eff[r, k] for m < rows_x (<= kFewRows), r < rows_w.
-// w and v start at the block's first weight row; weight rows have K elements.
+// y[m, r] = sum over k in `ranges` of x[m, k] * w_eff[r, k] for m < rows_x (<= kFewRows),
+// r < rows_w: the ranges (ascending, disjoint) hold every k whose weight counts, usually
+// just [0, K).  w and v start at the block's first weight row; weight rows have K elements.
 template <class T>
 void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
-                      int64_t K, unsigned task, int64_t rows_w, T* y, int64_t ldy);
+                      int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
+                      T* y, int64_t ldy);
 
 // gx[m, c] += sum_r g[m, r] * w_eff[r, c] for m < rows_g (<= kFewRows), r < rows_w,
 // c < cols.  w and v start at the block's first element; weight rows have ldw elements.

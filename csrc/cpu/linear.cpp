@@ -119,18 +119,22 @@ bool all_fused(const TaskGroups& groups) {
 
 template <class T>
 void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, const Vis<T>& vis,
-                    const TaskGroups& groups, const Epilogue<T>& epilogue, T* y, Gemm<T> gemm) {
+                    const TaskGroups& groups, const BlockMaps* blocks, const Epilogue<T>& epilogue,
+                    T* y, Gemm<T> gemm) {
   if (M == 0 || N == 0) return;
   const GroupedRows<T> xs(x, K, groups);
   GroupedOutput<T> ys(y, M, N, groups);
   const bool epilogue_here = !groups.reordered() && epilogue.active();
   const int64_t panel_bytes = all_fused(groups) ? kFusedPanelBytes : kGemmPanelBytes;
   const int64_t row_bytes = int64_t(sizeof(T)) * std::max<int64_t>(K, 1);
-  const int64_t panel = block_size(N, panel_bytes / row_bytes, 8);
+  // Panels start at a block row, so block rows never straddle two.
+  const int64_t panel = block_size(N, panel_bytes / row_bytes, blocks ? kBlockRows : 8);
   const int64_t panels = ceil_div(N, panel);
-  // Only the panel path skips products (the fused kernels multiply every weight).
-  const std::vector<char> nonfinite =
-      all_fused(groups) ? std::vector<char>(M) : nonfinite_rows(xs.data, K, M, K);
+  const int64_t block_cols = block_grid(K, kBlockCols);
+  const std::vector<KRange> everything = {{0, K}};
+  // Skipped products: panels the task cannot see, and blocks the fused kernels leave out.
+  const bool skips = blocks != nullptr || !all_fused(groups);
+  const std::vector<char> nonfinite = skips ? nonfinite_rows(xs.data, K, M, K) : std::vector<char>(M);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t p = 0; p < panels; ++p) {
@@ -141,10 +145,22 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
       const int64_t m = g.size();
       const T* xg = xs.data + g.begin * K;
       T* yg = ys.data + g.begin * N + n0;
-      if (m <= kFusedMaxRows) {
+      const uint8_t* map = blocks ? blocks->of(g.task) : nullptr;
+      if (m <= kFusedMaxRows && map == nullptr) {
         for (int64_t r = 0; r < m; r += kFewRows)
-          few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp, vp, K, g.task, rows_w,
-                           yg + r * N, N);
+          few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp, vp, K, everything,
+                           g.task, rows_w, yg + r * N, N);
+      } else if (m <= kFusedMaxRows) {
+        for (int64_t b0 = 0; b0 < rows_w; b0 += kBlockRows) {
+          const int64_t rows_b = std::min(kBlockRows, rows_w - b0);
+          const std::vector<KRange> ranges =
+              visible_ranges(map + ((n0 + b0) / kBlockRows) * block_cols, K);
+          for (int64_t r = 0; r < m; r += kFewRows)
+            few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + b0 * K, vp.at(b0 * K),
+                             K, ranges, g.task, rows_b, yg + r * N + b0, N);
+          if (ranges.size() != 1 || ranges[0].begin != 0 || ranges[0].end != K)
+            skipped_block(yg + b0, N, m, rows_b, nonfinite.data() + g.begin);
+        }
       } else if (vis.mode == Mode::dense) {
         gemm(false, true, m, rows_w, K, xg, K, wp, K, T(0), yg, N);
       } else {
@@ -296,7 +312,8 @@ void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t
 
 #define MASKOPS_INSTANTIATE(T)                                                                  \
   template void linear_forward<T>(const T*, int64_t, int64_t, const T*, int64_t, const Vis<T>&, \
-                                  const TaskGroups&, const Epilogue<T>&, T*, Gemm<T>);          \
+                                  const TaskGroups&, const BlockMaps*, const Epilogue<T>&, T*,  \
+                                  Gemm<T>);                                                     \
   template void linear_grad_input<T>(const T*, int64_t, int64_t, const T*, int64_t,             \
                                      const Vis<T>&, const TaskGroups&, T*, Gemm<T>);            \
   template void linear_grad_weight<T>(const T*, int64_t, int64_t, const T*, int64_t,            \

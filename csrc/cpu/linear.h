@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "blocks.h"
 #include "epilogue.h"
 #include "gemm.h"
 #include "task_groups.h"
@@ -14,10 +15,12 @@
 
 namespace maskops::cpu {
 
-// y = x w_eff^T, then bias and out_mask.
+// y = x w_eff^T, then bias and out_mask.  With `blocks` (visible mode), groups of few rows
+// visit only the blocks their task can see (blocks.h).
 template <class T>
 void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, const Vis<T>& vis,
-                    const TaskGroups& groups, const Epilogue<T>& epilogue, T* y, Gemm<T> gemm);
+                    const TaskGroups& groups, const BlockMaps* blocks, const Epilogue<T>& epilogue,
+                    T* y, Gemm<T> gemm);
 
 // gx (M, K) = grad (M, N) w_eff.
 template <class T>

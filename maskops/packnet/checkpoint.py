@@ -20,7 +20,8 @@ from maskops.modes import MAX_TASK
 FORMAT = "maskops.packnet"
 VERSION = 1
 FIELDS = ("config", "num_tasks", "active", "task", "model", "tracked")
-CONFIG = ("prune_ratio", "bias", "batchnorm")
+CONFIG = ("prune_ratio", "bias", "batchnorm")       # required
+OPTIONAL_CONFIG = ("structure", "block")             # absent in files written before them
 
 
 def write(path, payload: dict) -> None:
@@ -70,8 +71,8 @@ def read(path, map_location) -> dict:
     if missing:
         _fail(name, f"missing {', '.join(missing)}")
     config = payload["config"]
-    if not isinstance(config, dict) or set(config) != set(CONFIG):
-        _fail(name, f"config must hold exactly {', '.join(CONFIG)}")
+    if not isinstance(config, dict) or not set(CONFIG) <= set(config) <= set(CONFIG + OPTIONAL_CONFIG):
+        _fail(name, f"config must hold {', '.join(CONFIG)} (and may hold {', '.join(OPTIONAL_CONFIG)})")
     num_tasks = payload["num_tasks"]
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral) \
             or not 0 <= num_tasks <= MAX_TASK:
