@@ -4,13 +4,17 @@
 // of images that share a task.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
 #include <utility>
 #include <vector>
 
 #include "csrc/cpu/blocks.h"
 #include "csrc/cpu/epilogue.h"
+#include "csrc/cpu/im2col.h"
 #include "csrc/cpu/linear.h"
 #include "csrc/cpu/masking.h"
+#include "csrc/cpu/parallel.h"
 #include "csrc/cpu/task_groups.h"
 #include "kernels.h"
 #include "owner_cache.h"
@@ -48,15 +52,25 @@ struct Blocks {
   cpu::BlockMaps maps;
   std::vector<Tensor> held;
 
-  Blocks(const Selection& s, const cpu::TaskGroups& groups) {
-    if (s.mode != Mode::visible || s.owner.dim() != 2 || s.owner.is_inference()) return;
-    for (const cpu::TaskGroup& g : groups.groups) {
-      if (g.task >= maps.by_task.size()) maps.by_task.resize(g.task + 1, nullptr);
-      held.push_back(cached_visible_blocks(s.owner, g.task));
-      maps.by_task[g.task] = held.back().data_ptr<uint8_t>();
+  template <class Tasks>
+  Blocks(const Selection& s, const Tasks& tasks) {
+    if (s.mode != Mode::visible || s.owner.is_inference()) return;
+    for (const auto& g : tasks) {
+      const unsigned task = unsigned(g.task);
+      if (task >= maps.by_task.size()) maps.by_task.resize(task + 1, nullptr);
+      held.push_back(cached_visible_blocks(s.owner, task));
+      maps.by_task[task] = held.back().data_ptr<uint8_t>();
     }
   }
   const cpu::BlockMaps* get() const { return held.empty() ? nullptr : &maps; }
+
+  // The fraction of `task`'s blocks it cannot see at all.
+  double hidden(unsigned task) const {
+    const uint8_t* map = maps.of(task);
+    if (map == nullptr) return 0;
+    const Tensor& t = held.front();
+    return double(std::count(map, map + t.numel(), uint8_t(cpu::kHidden))) / double(t.numel());
+  }
 };
 
 // cpu::Gemm through ATen's matmul on views of the raw blocks (MKL/OpenBLAS underneath).
@@ -133,6 +147,98 @@ Tensor assemble(std::vector<std::pair<ImageGroup, Tensor>>& parts, int64_t batch
   return out;
 }
 
+// Whether every value of `t` is finite (read on the host: CPU tensors only).
+bool all_finite(const Tensor& t) {
+  const Tensor c = t.contiguous();
+  bool finite = true;
+  for_dtype(c, [&](auto zero) {
+    using T = decltype(zero);
+    const T* p = c.data_ptr<T>();
+    T sum = 0;  // NaN exactly when some value is NaN or infinite
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < c.numel(); ++i) sum += p[i] * T(0);
+    finite = sum == sum;
+  });
+  return finite;
+}
+
+// A quarter of a task's blocks hidden or more: a convolution runs as products of the visible
+// blocks (block_conv) instead of oneDNN's convolution of the whole masked weight.
+constexpr double kBlockConvHidden = 0.25;
+
+// conv2d (groups 1) of images `x` with the blocks of `weight` (viewed as (Cout, Cin*kh*kw))
+// that task `task` sees: the input unfolded into the columns the visible blocks need (a 1x1
+// convolution with stride 1 and no padding reads the input as it is), then, for every 32
+// output channels, one product per run of visible blocks -- with the weight itself where the
+// run is fully visible, a masked copy where partly.  Block rows run in parallel.
+Tensor block_conv(const Tensor& x_in, const Tensor& weight, const Selection& s, unsigned task,
+                  const uint8_t* map, const OptTensor& bias, const ConvGeometry& g) {
+  const Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), Cout = weight.size(0), K = weight.numel() / std::max<int64_t>(Cout, 1);
+  const cpu::ConvShape shape{x.size(1), x.size(2), x.size(3), weight.size(2), weight.size(3),
+                             {g.stride[0], g.stride[1]}, {g.padding[0], g.padding[1]},
+                             {g.dilation[0], g.dilation[1]}};
+  const int64_t L = shape.out_height() * shape.out_width();
+  const bool pointwise = shape.kh == 1 && shape.kw == 1 && g.stride == std::array<int64_t, 2>{1, 1} &&
+                         g.padding == std::array<int64_t, 2>{0, 0};
+  const int64_t block_rows = cpu::block_grid(Cout, cpu::kBlockRows);
+  const int64_t block_cols = cpu::block_grid(K, cpu::kBlockCols);
+  Tensor y = at::empty({B, Cout, L}, x.options());
+  for_dtype(x, [&](auto zero) {
+    using T = decltype(zero);
+    // The products of each block row: a run of columns and its weights (row-major, leading
+    // dimension ld): the weight itself, or a masked copy held in `copies`.
+    struct Product {
+      cpu::KRange range;
+      const T* w;
+      int64_t ld;
+    };
+    std::vector<std::vector<Product>> products(block_rows);
+    std::vector<Tensor> copies;
+    std::vector<uint8_t> needed(K, 0);
+    const T* w = weight.data_ptr<T>();
+    for (int64_t br = 0; br < block_rows; ++br) {
+      const int64_t r0 = br * cpu::kBlockRows, rows = std::min(cpu::kBlockRows, Cout - r0);
+      for (const cpu::KRange& range : cpu::visible_ranges(map + br * block_cols, K)) {
+        const int64_t len = range.end - range.begin;
+        Product p{range, w + r0 * K + range.begin, K};
+        if (!range.full) {
+          copies.push_back(at::empty({rows, len}, weight.options()));
+          T* masked = copies.back().data_ptr<T>();
+          cpu::mask_block<T>(p.w, K, vis_of<T>(s).at(r0 * K + range.begin), K, task, rows, len, masked, len);
+          p = {range, masked, len};
+        }
+        std::fill(needed.begin() + range.begin, needed.begin() + range.end, uint8_t(1));
+        products[br].push_back(p);
+      }
+    }
+    Tensor unfolded = pointwise ? Tensor() : at::empty({K, L}, x.options());
+    for (int64_t b = 0; b < B; ++b) {
+      const T* image = x.data_ptr<T>() + b * x[0].numel();
+      const T* columns = image;
+      if (!pointwise) {
+        cpu::im2col<T>(image, shape, needed.data(), unfolded.data_ptr<T>());
+        columns = unfolded.data_ptr<T>();
+      }
+      T* out = y.data_ptr<T>() + b * Cout * L;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(cpu::threads_for(Cout * K * L / 4))
+      for (int64_t br = 0; br < block_rows; ++br) {
+        const int64_t r0 = br * cpu::kBlockRows, rows = std::min(cpu::kBlockRows, Cout - r0);
+        T* yb = out + r0 * L;
+        if (products[br].empty()) std::fill(yb, yb + rows * L, T(0));
+        T beta = 0;
+        for (const Product& p : products[br]) {
+          aten_gemm<T>(false, false, rows, L, p.range.end - p.range.begin, p.w, p.ld,
+                       columns + p.range.begin * L, L, beta, yb, L);
+          beta = 1;
+        }
+      }
+    }
+  });
+  if (bias.has_value()) y.add_(bias->view({1, Cout, 1}));
+  return y.view({B, Cout, shape.out_height(), shape.out_width()});
+}
+
 class CpuKernels final : public Kernels {
  public:
   Tensor linear_forward(const Tensor& x, const Tensor& weight, const Selection& s,
@@ -140,7 +246,7 @@ class CpuKernels final : public Kernels {
                         const OptTensor& out_mask) const override {
     const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
     const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
-    const Blocks blocks(s, groups);
+    const Blocks blocks(s, groups.groups);
     Tensor y = at::empty({M, N}, x.options());
     for_dtype(x, [&](auto zero) {
       using T = decltype(zero);
@@ -185,11 +291,20 @@ class CpuKernels final : public Kernels {
   Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Selection& s,
                         const OptTensor& bias, const OptTensor& out_mask,
                         const ConvGeometry& g) const override {
+    const std::vector<ImageGroup> groups = image_groups(s, x.size(0));
+    const Blocks blocks(s, groups);
     std::vector<std::pair<ImageGroup, Tensor>> parts;
-    for (const ImageGroup& group : image_groups(s, x.size(0)))
-      parts.emplace_back(group, at::convolution(rows_of(x, group), masked_weight(weight, s, group.task),
-                                                bias, g.stride, g.padding, g.dilation, false,
-                                                {0, 0}, g.groups));
+    for (const ImageGroup& group : groups) {
+      const Tensor images = rows_of(x, group);
+      const unsigned task = unsigned(group.task);
+      // Skipped blocks would drop what NaN/inf inputs give there in dense math: those calls
+      // take the whole convolution.
+      const bool skip = g.groups == 1 && blocks.hidden(task) >= kBlockConvHidden && all_finite(images);
+      parts.emplace_back(group, skip ? block_conv(images, weight, s, task, blocks.maps.of(task), bias, g)
+                                     : at::convolution(images, masked_weight(weight, s, group.task),
+                                                       bias, g.stride, g.padding, g.dilation, false,
+                                                       {0, 0}, g.groups));
+    }
     Tensor y = assemble(parts, x.size(0)).contiguous(x.suggest_memory_format());
     if (out_mask.has_value()) {
       for_dtype(y, [&](auto zero) {

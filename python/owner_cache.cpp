@@ -46,10 +46,10 @@ void forget_dead_owners() {
 }
 
 at::Tensor visible_blocks(const at::Tensor& owner, int64_t task) {
-  TORCH_CHECK(owner.dim() == 2 && owner.is_cpu() && owner.is_contiguous() &&
+  TORCH_CHECK(owner.dim() >= 1 && owner.is_cpu() && owner.is_contiguous() &&
                   owner.scalar_type() == at::kByte,
-              "visible_blocks needs a contiguous 2-D uint8 CPU owner");
-  const int64_t n = owner.size(0), k = owner.size(1);
+              "visible_blocks needs a contiguous uint8 CPU owner");
+  const int64_t n = owner.size(0), k = n ? owner.numel() / n : 0;
   at::Tensor out = at::empty({cpu::block_grid(n, cpu::kBlockRows), cpu::block_grid(k, cpu::kBlockCols)},
                              owner.options());
   cpu::visible_blocks(owner.data_ptr<uint8_t>(), n, k, unsigned(task), out.data_ptr<uint8_t>());

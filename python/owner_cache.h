@@ -9,8 +9,8 @@ namespace maskops {
 // The 1-bit visible map of `task` (maskops::pack_visible) of a 2-D owner map.
 at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task);
 
-// The blocks of a 2-D CPU owner map holding a weight visible to `task` (csrc/cpu/blocks.h):
-// uint8 (ceil(N / 32), ceil(K / 64)).
+// The blocks of a CPU owner map, viewed as (N = size(0), K = the rest), holding a weight
+// visible to `task` (csrc/cpu/blocks.h): uint8 (ceil(N / 32), ceil(K / 64)).
 at::Tensor cached_visible_blocks(const at::Tensor& owner, int64_t task);
 
 // The packing itself: int32 (N, ceil(K / 32)), bit j of word [n, w] set where

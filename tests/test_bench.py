@@ -203,3 +203,21 @@ def test_overhead_cli_writes_json(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     data = json.loads(path.read_text())
     assert data["overhead"] and data["threads"] == 1 and data["results"][0]["group"] == "op"
+
+
+@pytest.mark.parametrize("structure", ["block", "channel"])
+def test_study_structured_owners_and_every_task(structure):
+    owner = study.packnet_owner((256, 64, 3, 3), 0.75, 4, torch.Generator().manual_seed(0), structure)
+    rows = owner.reshape(256, -1)
+    if structure == "channel":
+        assert all(len(set(row.tolist())) == 1 for row in rows)  # whole output channels
+    else:
+        assert all(len(set(rows[r:r + 32, c:c + 128].flatten().tolist())) == 1
+                   for r in range(0, 256, 32) for c in range(0, 576, 128))  # whole 32 x 128 blocks
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 5))
+    results = study.run(model, "tiny", tasks=3, ratios=[0.5], batches=[1], resolution=6,
+                        device="cpu", dtype=torch.float32, timer=fake_timer, impls=["cached", "cpu"],
+                        show_progress=False, structure=structure, each_task=True)
+    assert [(r["task"], r["impl"]) for r in results] == [(t, i) for t in (1, 2, 3) for i in ("cached", "cpu")]
+    densities = [r["density"] for r in results if r["impl"] == "cpu"]
+    assert densities == sorted(densities) and all(r["rel_err"] < 1e-5 for r in results)

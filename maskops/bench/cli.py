@@ -46,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
     study_opts.add_argument("--resolution", type=int,
                             help="input height = width (default 224; 64 with --quick on cpu)")
     study_opts.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    study_opts.add_argument("--structure", choices=("weight", "block", "channel"), default="weight",
+                            help="what PackNet prunes: single weights, blocks or output channels")
+    study_opts.add_argument("--each-task", action="store_true",
+                            help="measure every task, not only the last (latency falls as a task sees less)")
     return p
 
 
@@ -96,14 +100,16 @@ def main(argv=None) -> int:
               "quick": args.quick}
     if args.model:
         resolution = args.resolution or (64 if args.quick and args.device == "cpu" else 224)
-        header.update(model=args.model, tasks=args.tasks, resolution=resolution)
+        header.update(model=args.model, tasks=args.tasks, resolution=resolution,
+                      structure=args.structure)
         results = []
         for dtype in dtypes:
             results += study.run(MODELS[args.model](), args.model, tasks=args.tasks,
                                  ratios=args.ratio, batches=args.batch, resolution=resolution,
                                  device=args.device, dtype=dtype, timer=timer,
                                  compile_too=args.compile, impls=args.impl,
-                                 show_progress=not args.no_progress)
+                                 show_progress=not args.no_progress, structure=args.structure,
+                                 each_task=args.each_task)
     else:
         cases = _cases(args.case) if args.case else case_defs.cases_for(args.device)
         results = sweep.run(cases, dtypes, args.device, timer, quick=args.quick, impls=args.impl,

@@ -1,9 +1,10 @@
 """Deployment study: one multi-task network served three ways, end to end.
 
-Every conv/linear layer gets PackNet owners: after each task, `ratio` of the weights
-that task trained are pruned and freed for the next one, so task k owns (1 - ratio)
-of what was free before it and the last task sees 1 - ratio**tasks of the weights.
-The last task is measured, served by
+Every conv/linear layer gets PackNet owners: after each task, `ratio` of the units that task
+trained are pruned and freed for the next one (`structure`: single weights, blocks or output
+channels, chosen as maskops.PackNet chooses them, on random weights), so task k owns
+(1 - ratio) of what was free before it and the last task sees 1 - ratio**tasks of the
+weights.  The last task is measured (every task with each_task), served by
   naive    a model whose layers compute weight * visible on every forward
            (a torch parametrization, as a peer implementation would);
   cached   a plain model per task holding pre-masked dense weights (T copies);
@@ -16,6 +17,7 @@ layers keep their (out, in, kh, kw) weights.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -27,13 +29,19 @@ from maskops import reference
 from maskops.bench.impls import Impl, backend_names
 from maskops.bench.progress import progress
 from maskops.bench.sweep import dtype_name, measure
+from maskops.packnet.net import default_block, pruned_units
 
 
-def packnet_owner(shape, ratio: float, tasks: int, generator: torch.Generator) -> torch.Tensor:
+def packnet_owner(shape, ratio: float, tasks: int, generator: torch.Generator,
+                  structure: str = "weight") -> torch.Tensor:
+    """The owners PackNet leaves after `tasks` tasks, each pruning `ratio` of its units."""
+    rows, columns = shape[0], math.prod(shape[1:])
+    unit = {"weight": (1, 1), "channel": (1, columns)}.get(structure) or default_block(rows, columns)
     owner = torch.zeros(shape, dtype=torch.uint8)
     free = torch.ones(shape, dtype=torch.bool)
     for task in range(1, tasks + 1):
-        taken = free & (torch.rand(shape, generator=generator) >= ratio)
+        magnitude = torch.rand(shape, generator=generator)
+        taken = free & ~pruned_units(magnitude, free, unit, ratio)
         owner[taken] = task
         free &= ~taken
     return owner
@@ -110,22 +118,26 @@ def _variants(base, owners, task, device, dtype, layout, backends, compile_too) 
 def run(base: nn.Module, model_name: str, *, tasks: int, ratios: Sequence[float],
         batches: Sequence[int], resolution: int, device: str, dtype: torch.dtype,
         timer: Callable, compile_too: bool = False, impls: Optional[Sequence[str]] = None,
-        show_progress: bool = True) -> list:
-    """Result rows: latency and weight memory of each variant, per ratio and batch size."""
+        show_progress: bool = True, structure: str = "weight", each_task: bool = False) -> list:
+    """Result rows: latency and weight memory of each variant, per ratio, measured task and
+    batch size."""
     base = base.to(device=device, dtype=dtype).eval()
     layout = torch.channels_last if device == "cuda" else torch.contiguous_format
     backends = [n for n in backend_names(device, dtype) if not impls or n in impls]
     memory = weight_mb(base, dtype, tasks)
     generator = torch.Generator().manual_seed(0)
     results = []
-    count = len(ratios) * len(batches) * (2 + len(backends)) * (2 if compile_too else 1)
+    measured = range(1, tasks + 1) if each_task else [tasks]
+    count = len(ratios) * len(measured) * len(batches) * (2 + len(backends)) * (2 if compile_too else 1)
     with progress(count, show_progress, desc=model_name) as bar:
-        for ratio in ratios:
-            owners = {name: packnet_owner(layer.weight.shape, ratio, tasks, generator).to(device)
-                      for name, layer in masked_layers(base)}
-            visible = sum(int(reference.visible(o, tasks).sum()) for o in owners.values())
+        for ratio, task in [(r, t) for r in ratios for t in measured]:
+            if task == measured[0]:
+                owners = {name: packnet_owner(layer.weight.shape, ratio, tasks, generator,
+                                              structure).to(device)
+                          for name, layer in masked_layers(base)}
+            visible = sum(int(reference.visible(o, task).sum()) for o in owners.values())
             density = visible / sum(o.numel() for o in owners.values())
-            variants = _variants(base, owners, tasks, device, dtype, layout, backends, compile_too)
+            variants = _variants(base, owners, task, device, dtype, layout, backends, compile_too)
             for batch in batches:
                 x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
                 x = x.contiguous(memory_format=layout)
@@ -134,9 +146,9 @@ def run(base: nn.Module, model_name: str, *, tasks: int, ratios: Sequence[float]
                     if impls and name.removesuffix("+compile") not in impls:
                         bar.update()
                         continue
-                    row = {"op": "model", "case": f"{model_name}_b{batch}_r{resolution}",
-                           "dtype": dtype_name(dtype), "pattern": f"packnet{ratio:g}",
-                           "density": density, "impl": name,
+                    row = {"op": "model", "case": f"{model_name}_b{batch}_r{resolution}_task{task}",
+                           "dtype": dtype_name(dtype), "pattern": f"packnet{ratio:g}-{structure}",
+                           "density": density, "impl": name, "task": task,
                            "weight_mb": memory["maskops" if backend else name.removesuffix("+compile")]}
                     row.update(measure(Impl(name, _forward(model, x), backend), timer, expected))
                     results.append(row)

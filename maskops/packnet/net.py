@@ -32,7 +32,7 @@ STRUCTURES = ("weight", "block", "channel")
 def default_block(rows: int, columns: int) -> tuple:
     """The block of a layer whose 2-D view (out, in x kh x kw) is rows x columns.
 
-    Large layers get 32 x 512 blocks: the CPU kernels skip hidden 32 x 64 blocks and read no
+    Large layers get 32 x 512 blocks (layers of 64 or more outputs 32 rows): the CPU kernels skip hidden 32 x 64 blocks and read no
     mask in fully visible ones, and runs of at least 2 KB of fp32 per weight row stream
     almost as fast as the dense weight (measured, N = K = 4096, 25% of the blocks visible:
     32 x 64 blocks ran 1.4x faster than the dense op at one row, 32 x 512 blocks 2.9x).
@@ -40,7 +40,7 @@ def default_block(rows: int, columns: int) -> tuple:
     quarter of each side (at least 16 blocks), so pruning stays fine-grained where speed does
     not come from skipping.
     """
-    block_rows = 32 if rows >= 128 else max(1, rows // 4)
+    block_rows = 32 if rows >= 64 else max(1, rows // 4)
     block_columns = 64 * min(8, columns // 256) if columns >= 256 else max(1, columns // 4)
     return block_rows, block_columns
 

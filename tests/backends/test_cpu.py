@@ -5,6 +5,7 @@ panel + BLAS path, ragged blocks, tiles without trainable weights, the AVX2 and 
 portable kernels.  Also its backward ops in every mode, its argument checks, and that it
 runs with no Python at all.
 """
+import math
 import subprocess
 import sys
 
@@ -336,3 +337,44 @@ def test_input_gradient_is_the_same_on_every_call():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(r, results[0]) for r in results[1:])
+
+
+def _block_owner(shape, hidden_fraction, generator, block=(32, 64)):
+    """An owner whose (32 x 64)-blocks of the (out, in x kh x kw) view are each wholly owned by
+    task 1 or 2, or hidden (3); some visible blocks partly pruned (0)."""
+    rows, cols = shape[0], math.prod(shape[1:])
+    grid = (-(-rows // block[0]), -(-cols // block[1]))
+    pick = torch.rand(grid, generator=generator)
+    per_block = torch.where(pick < hidden_fraction, 3, torch.where(pick < 0.8, 1, 2)).to(torch.uint8)
+    owner = per_block.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+    owner[torch.rand(owner.shape, generator=generator) < 0.1] = 0
+    return owner.reshape(shape).contiguous()
+
+
+@pytest.mark.parametrize("geometry", [dict(), dict(stride=2, padding=1), dict(padding=(2, 1), dilation=2),
+                                      dict(kernel=1)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_of_visible_blocks_matches_reference(geometry, layout):
+    """Convolutions whose task cannot see a quarter or more of the weight's blocks run as
+    products of the visible blocks only."""
+    g = torch.Generator().manual_seed(2)
+    kernel = geometry.pop("kernel", 3)
+    x = torch.randn(3, 40, 9, 8, generator=g, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(70, 40, kernel, kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True)
+    owner = _block_owner(w.shape, 0.5, g)
+    assert maskops._C.cached_visible_blocks(owner, 2).eq(0).double().mean() >= 0.25  # the block path
+    for task in (2, torch.tensor([1, 2, 2])):
+        with maskops.use_backend("cpu"):
+            y = maskops.task_conv2d(x, w, owner, task, b, **geometry)
+            got = [y] + grads(y, [x, w, b])
+        expected = reference.task_conv2d(x, w, owner, task, b, **geometry)
+        assert_close_all(got, [expected] + grads(expected, [x, w, b]), torch.float64)
+    x_nan = x.detach().clone()
+    x_nan[0, 0, 0, 0] = float("nan")
+    with maskops.use_backend("cpu"):
+        y = maskops.task_conv2d(x_nan, w.detach(), owner, 2, **geometry)
+    assert torch.equal(torch.isnan(y), torch.isnan(reference.task_conv2d(x_nan, w.detach(), owner, 2, **geometry)))
