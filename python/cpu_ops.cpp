@@ -165,6 +165,8 @@ bool all_finite(const Tensor& t) {
 // A quarter of a task's blocks hidden or more: a convolution runs as products of the visible
 // blocks (block_conv) instead of oneDNN's convolution of the whole masked weight.
 constexpr double kBlockConvHidden = 0.25;
+// Narrower pixel chunks make block_conv's products too thin to run at the GEMM's speed.
+constexpr int64_t kMinChunk = 128;
 
 // conv2d (groups 1) of images `x` with the blocks of `weight` (viewed as (Cout, Cin*kh*kw))
 // that task `task` sees: the input unfolded into the columns the visible blocks need (a 1x1
@@ -221,15 +223,24 @@ Tensor block_conv(const Tensor& x_in, const Tensor& weight, const Selection& s, 
         columns = unfolded.data_ptr<T>();
       }
       T* out = y.data_ptr<T>() + b * Cout * L;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(cpu::threads_for(Cout * K * L / 4))
-      for (int64_t br = 0; br < block_rows; ++br) {
+      const int threads = cpu::threads_for(Cout * K * L / 4);
+      // Block rows differ in work and may be fewer than the threads: each also splits into
+      // pixel chunks (at least 4 items per thread, chunks of at least kMinChunk pixels).
+      const int64_t chunks = std::max<int64_t>(
+          1, std::min(L / kMinChunk, (4 * threads + block_rows - 1) / block_rows));
+      const int64_t chunk = (L + chunks - 1) / chunks;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+      for (int64_t item = 0; item < block_rows * chunks; ++item) {
+        const int64_t br = item / chunks, p0 = item % chunks * chunk, width = std::min(chunk, L - p0);
         const int64_t r0 = br * cpu::kBlockRows, rows = std::min(cpu::kBlockRows, Cout - r0);
-        T* yb = out + r0 * L;
-        if (products[br].empty()) std::fill(yb, yb + rows * L, T(0));
+        T* yb = out + r0 * L + p0;
+        if (products[br].empty()) {
+          for (int64_t r = 0; r < rows; ++r) std::fill(yb + r * L, yb + r * L + width, T(0));
+        }
         T beta = 0;
         for (const Product& p : products[br]) {
-          aten_gemm<T>(false, false, rows, L, p.range.end - p.range.begin, p.w, p.ld,
-                       columns + p.range.begin * L, L, beta, yb, L);
+          aten_gemm<T>(false, false, rows, width, p.range.end - p.range.begin, p.w, p.ld,
+                       columns + p.range.begin * L + p0, L, beta, yb, L);
           beta = 1;
         }
       }

@@ -472,7 +472,8 @@ def test_structure_is_saved_and_checked(tmp_path):
 
 
 @pytest.mark.parametrize("shape, block", [((4096, 4096), (32, 512)), ((256, 576), (32, 128)),
-                                          ((16, 9), (4, 2)), ((64, 64), (32, 16)), ((32, 64), (8, 16)), ((2048, 2048), (32, 512))])
+                                          ((16, 9), (2, 1)), ((64, 64), (32, 16)), ((32, 64), (4, 8)), ((32, 144), (8, 36)), ((2048, 2048), (32, 512)),
+                                          ((128, 256), (32, 64)), ((64, 4608), (32, 512))])
 def test_default_block_follows_the_layer(shape, block):
     from maskops.packnet.net import default_block
     assert default_block(*shape) == block
