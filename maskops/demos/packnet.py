@@ -1,6 +1,8 @@
 """PackNet on scikit-learn's digits: 5 tasks of 2 classes learned one after another
 (task-incremental: the task id is known at test time), against fine-tuning one network
-(forgets), one network per task (upper bound) and joint training on all tasks at once."""
+(forgets), one network per task (upper bound) and joint training on all tasks at once.
+With --structure block or channel, PackNet also runs pruning whole blocks or output channels
+(what lets the kernels skip what a task cannot see), next to pruning single weights."""
 from __future__ import annotations
 
 import argparse
@@ -70,11 +72,11 @@ def _accuracy(model, task) -> float:
     return (predicted == _labels(task.y_test, task)).float().mean().item()
 
 
-def _run_packnet(tasks, trainer, width):
+def _run_packnet(tasks, trainer, width, structure="weight"):
     model = _network(len(tasks), width)
     # Equal capacity per task: task t keeps 1/(T-t+1) of what is free; the last keeps all.
     ratios = [1 - 1 / (len(tasks) - t) for t in range(len(tasks))]
-    net = PackNet(model, prune_ratio=ratios)
+    net = PackNet(model, prune_ratio=ratios, structure=structure)
     matrix = []
     for task in tasks:
         t = net.begin_task()
@@ -87,7 +89,7 @@ def _run_packnet(tasks, trainer, width):
         matrix.append(_evaluate_seen(tasks[:t], lambda j: net.set_task(j), model))
     usage = net.usage()
     total = sum(usage.values())
-    print("PackNet weights per task: " + ", ".join(
+    print(f"PackNet ({structure}) weights per task: " + ", ".join(
         f"{'free' if t == 0 else f'task {t}'} {n / total:.0%}" for t, n in usage.items()))
     net.close()
     return matrix
@@ -144,18 +146,18 @@ def summarize(matrix: list[list[float]]) -> dict:
             "per_task": final, "after_each_task": matrix}
 
 
-def _total_epochs(num_tasks: int, epochs: int, retrain: int) -> int:
+def _total_epochs(num_tasks: int, epochs: int, retrain: int, packnets: int) -> int:
     packnet = num_tasks * epochs + (num_tasks - 1) * retrain  # the last task prunes nothing
     baseline = epochs + retrain
-    return packnet + 2 * num_tasks * baseline + baseline  # finetune, individual, joint
+    return packnets * packnet + 2 * num_tasks * baseline + baseline  # finetune, individual, joint
 
 
 def _print_table(results: dict) -> None:
     num_tasks = len(next(iter(results.values()))["per_task"])
-    header = f"{'method':<11}" + "".join(f"{f'task {t}':>8}" for t in range(1, num_tasks + 1))
+    header = f"{'method':<16}" + "".join(f"{f'task {t}':>8}" for t in range(1, num_tasks + 1))
     print(header + f"{'avg_acc':>9}{'max_forgetting':>16}")
     for method, result in results.items():
-        print(f"{method:<11}" + "".join(f"{a:8.3f}" for a in result["per_task"])
+        print(f"{method:<16}" + "".join(f"{a:8.3f}" for a in result["per_task"])
               + f"{result['avg_acc']:9.3f}{result['max_forgetting']:16.3f}")
 
 
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the networks are too small to share)")
+    parser.add_argument("--structure", choices=("weight", "block", "channel"), default="weight",
+                        help="also run PackNet pruning whole blocks or output channels")
     parser.add_argument("--backend", choices=maskops.available_backends(),
                         help="maskops backend for PackNet (default: the best one here)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
@@ -206,16 +210,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(t.y_train) for t in tasks)} training / {sum(len(t.y_test) for t in tasks)} "
           f"test images; {epochs} epochs per task, PackNet retrains {retrain} after pruning")
     results = {}
+    runners = dict(RUNNERS)
+    if args.structure != "weight":
+        runners = {"packnet": RUNNERS["packnet"],
+                   f"packnet-{args.structure}": lambda *a: _run_packnet(*a, structure=args.structure),
+                   **{m: r for m, r in RUNNERS.items() if m != "packnet"}}
     backend = maskops.use_backend(args.backend) if args.backend else contextlib.nullcontext()
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        with backend, tqdm(total=_total_epochs(len(tasks), epochs, retrain), unit="epoch") as bar:
-            for method in METHODS:
+        total = _total_epochs(len(tasks), epochs, retrain, len(runners) - 3)
+        with backend, tqdm(total=total, unit="epoch") as bar:
+            for method, runner in runners.items():
                 bar.set_description(method)
                 torch.manual_seed(args.seed)
                 trainer = Trainer(epochs, retrain, args.lr, bar, args.seed)
-                results[method] = summarize(RUNNERS[method](tasks, trainer, args.width))
+                results[method] = summarize(runner(tasks, trainer, args.width))
     finally:
         torch.set_num_threads(threads)
     print("\nTest accuracy on each task after learning all of them (task-incremental, 2 classes each);")
