@@ -5,8 +5,9 @@ drawn so that exactly that fraction is visible: visible weights are owned by
 tasks 1..top_task (spread evenly), the others are pruned (0) or owned by a later
 task (top_task + 1), both invisible.  The measured task is top_task, so the
 `owner <= t` part of the visible test matters, not only `owner == t`.
-Pattern `random` draws per weight, `block` per 64x64 block of the GEMM view
-(out, in * kh * kw) of the weight.  In a mixed batch the rows are split into
+Pattern `random` draws per weight, `block` per block of the GEMM view (out, in * kh * kw)
+of the weight, the block `maskops.PackNet(structure="block")` prunes by default
+(`maskops.packnet.net.default_block`: 32 x 512 on large layers).  In a mixed batch the rows are split into
 `tasks` equal groups for tasks 1..tasks; task t then sees about density * t / tasks.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
+from maskops.packnet.net import default_block
+
 PATTERNS = ("random", "block")
-BLOCK = 64
 SINGLE_TASK = 2          # measured task of single-task cases (owners 1..2 visible)
 DENSITIES = (0.125, 0.25, 0.5, 0.75, 1.0)   # the full sweep, for each pattern
 # Arithmetic intensity below which a case is memory-bound and gets a bandwidth figure.
@@ -94,6 +96,8 @@ def _conv(channels, size, batch, settings, channels_last=False, prefix="conv") -
 
 
 TWO_THIRDS = (("random", 2 / 3),)
+# Block ownership: a task that sees a quarter / half of the blocks (structured PackNet).
+WITH_BLOCKS = TWO_THIRDS + (("block", 0.25), ("block", 0.5))
 
 GPU_CASES = (
     _linear(16, 4096, 4096, (("random", 0.5), ("block", 0.25))),
@@ -104,11 +108,12 @@ GPU_CASES = (
 )
 
 CPU_CASES = (
-    _linear(1, 4096, 4096, TWO_THIRDS),
-    _linear(16, 4096, 4096, TWO_THIRDS),
+    _linear(1, 4096, 4096, WITH_BLOCKS),
+    _linear(16, 4096, 4096, WITH_BLOCKS),
     _linear(256, 4096, 4096, TWO_THIRDS),
     _linear(16, 4096, 4096, TWO_THIRDS, tasks=4),
     _conv(128, 28, 4, TWO_THIRDS),
+    _conv(256, 14, 1, (("block", 0.25), ("block", 0.5)), prefix="conv_r50"),
 )
 
 
@@ -129,17 +134,15 @@ def make_owner(weight_shape: tuple, pattern: str, density: float, top_task: int,
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     rows, cols = weight_shape[0], math.prod(weight_shape[1:])
-    if pattern == "random":
-        grid = (rows, cols)
-    else:
-        grid = (-(-rows // BLOCK), -(-cols // BLOCK))
+    block = (1, 1) if pattern == "random" else default_block(rows, cols)
+    grid = (-(-rows // block[0]), -(-cols // block[1]))
     count = grid[0] * grid[1]
     visible = _visible_flags(count, density, generator)
     visible_owner = torch.randint(1, top_task + 1, (count,), generator=generator)
     hidden_owner = torch.randint(0, 2, (count,), generator=generator) * (top_task + 1)
     owner = torch.where(visible, visible_owner, hidden_owner).to(torch.uint8).reshape(grid)
     if pattern == "block":
-        owner = owner.repeat_interleave(BLOCK, 0)[:rows].repeat_interleave(BLOCK, 1)[:, :cols]
+        owner = owner.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
     return owner.reshape(weight_shape).contiguous()
 
 

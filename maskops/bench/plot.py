@@ -1,4 +1,6 @@
-"""Speedup vs density, one panel per case and dtype, one line per implementation and pattern."""
+"""Speedup vs density, one panel per case and dtype, one line per implementation and pattern:
+against naive masking (or the loop, for mixed batches), or against the dense op on a
+pre-masked copy (`vs="cached"`: above 1 only where kernels skip what a task cannot see)."""
 from __future__ import annotations
 
 import math
@@ -12,31 +14,33 @@ COLUMNS = 3
 BASELINES = ("naive", "loop")
 
 
-def speedups(results: list) -> dict:
-    """{(case, dtype): {(impl, pattern): [(density, speedup vs naive or loop), ...]}}"""
+def speedups(results: list, vs: str = "naive") -> dict:
+    """{(case, dtype): {(impl, pattern): [(density, speedup vs the baseline), ...]}}"""
+    baselines = BASELINES if vs == "naive" else ("cached",)
     panels = {}
     for (case, dtype, pattern, density), group in times_by_setting(results).items():
-        base = next((group[b] for b in BASELINES if b in group), None)
+        base = next((group[b] for b in baselines if b in group), None)
         if base is None or density is None:
             continue
         for impl, ms in group.items():
-            if impl not in BASELINES:
+            if impl not in BASELINES + ("cached",):
                 panels.setdefault((case, dtype), {}).setdefault((impl, pattern), []).append(
                     (density, base / ms))
     return panels
 
 
-def plot(results: list, path: str) -> None:
-    panels = speedups(results)
+def plot(results: list, path: str, vs: str = "naive") -> None:
+    panels = speedups(results, vs)
     if not panels:
-        raise ValueError("no results with a naive or loop baseline to plot")
+        raise ValueError(f"no results with a {vs} baseline to plot")
     impls = sorted({impl for lines in panels.values() for impl, _ in lines})
     colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
     rows, columns = math.ceil(len(panels) / COLUMNS), min(COLUMNS, len(panels))
     figure = Figure(figsize=(4.5 * columns, 3.5 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
     for ax, ((case, dtype), lines) in zip(axes, panels.items()):
-        ax.axhline(1.0, color="grey", linewidth=0.8, label="baseline (naive / loop)")
+        ax.axhline(1.0, color="grey", linewidth=0.8,
+                   label="baseline (naive / loop)" if vs == "naive" else "dense (cached copy)")
         for (impl, pattern), points in sorted(lines.items()):
             points.sort()
             ax.plot([d for d, _ in points], [s for _, s in points], marker="o", color=colors[impl],
@@ -50,7 +54,7 @@ def plot(results: list, path: str) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{case} ({dtype})", fontsize=9)
         ax.set_xlabel("density (fraction of weights visible)")
-        ax.set_ylabel("speedup vs baseline")
+        ax.set_ylabel("speedup vs " + ("baseline" if vs == "naive" else "dense"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[len(panels):]:

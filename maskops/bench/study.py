@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -118,9 +119,10 @@ def _variants(base, owners, task, device, dtype, layout, backends, compile_too) 
 def run(base: nn.Module, model_name: str, *, tasks: int, ratios: Sequence[float],
         batches: Sequence[int], resolution: int, device: str, dtype: torch.dtype,
         timer: Callable, compile_too: bool = False, impls: Optional[Sequence[str]] = None,
-        show_progress: bool = True, structure: str = "weight", each_task: bool = False) -> list:
+        show_progress: bool = True, structure: str = "weight", each_task: bool = False,
+        rounds: int = 3) -> list:
     """Result rows: latency and weight memory of each variant, per ratio, measured task and
-    batch size."""
+    batch size (the median of `rounds` interleaved measurements)."""
     base = base.to(device=device, dtype=dtype).eval()
     layout = torch.channels_last if device == "cuda" else torch.contiguous_format
     backends = [n for n in backend_names(device, dtype) if not impls or n in impls]
@@ -142,15 +144,29 @@ def run(base: nn.Module, model_name: str, *, tasks: int, ratios: Sequence[float]
                 x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
                 x = x.contiguous(memory_format=layout)
                 expected = _forward(variants[1][1], x)()
-                for name, model, backend in variants:
-                    if impls and name.removesuffix("+compile") not in impls:
-                        bar.update()
-                        continue
-                    row = {"op": "model", "case": f"{model_name}_b{batch}_r{resolution}_task{task}",
-                           "dtype": dtype_name(dtype), "pattern": f"packnet{ratio:g}-{structure}",
-                           "density": density, "impl": name, "task": task,
-                           "weight_mb": memory["maskops" if backend else name.removesuffix("+compile")]}
-                    row.update(measure(Impl(name, _forward(model, x), backend), timer, expected))
+                chosen = [v for v in variants if not impls or v[0].removesuffix("+compile") in impls]
+                bar.update(len(variants) - len(chosen))
+                for (name, _, backend), row in zip(chosen, _interleaved(chosen, x, timer, expected, rounds)):
+                    row.update({"op": "model", "case": f"{model_name}_b{batch}_r{resolution}_task{task}",
+                                "dtype": dtype_name(dtype), "pattern": f"packnet{ratio:g}-{structure}",
+                                "density": density, "impl": name, "task": task,
+                                "weight_mb": memory["maskops" if backend else name.removesuffix("+compile")]})
                     results.append(row)
                     bar.update()
     return results
+
+
+def _interleaved(variants, x, timer, expected, rounds: int) -> list:
+    """One measurement row per variant: each timed once per round, the variants in turn, so
+    that a drift of the machine's speed hits all of them alike; the median over rounds."""
+    per_round = [[measure(Impl(name, _forward(model, x), backend), timer, expected)
+                  for name, model, backend in variants] for _ in range(rounds)]
+    rows = []
+    for measured in zip(*per_round):
+        row = dict(measured[0])
+        times = [m["median_ms"] for m in measured]
+        if None not in times:
+            row["median_ms"] = statistics.median(times)
+        row["rounds"] = rounds
+        rows.append(row)
+    return rows
