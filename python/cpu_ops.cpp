@@ -250,6 +250,22 @@ Tensor block_conv(const Tensor& x_in, const Tensor& weight, const Selection& s, 
   return y.view({B, Cout, shape.out_height(), shape.out_width()});
 }
 
+// A linear backward product of grad (M, N) and `operand` into a new `shape` result:
+// run(grad, M, N, operand, K, visibility, groups, out, gemm) with K = operand.size(1).
+template <class Run>
+Tensor linear_backward(const Tensor& grad, const Tensor& operand, const Selection& s,
+                       int64_t rows_per_sample, at::IntArrayRef shape, Run run) {
+  const int64_t M = grad.size(0), N = grad.size(1), K = operand.size(1);
+  const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
+  Tensor out = at::empty(shape, grad.options());
+  for_dtype(grad, [&](auto zero) {
+    using T = decltype(zero);
+    run(grad.data_ptr<T>(), M, N, operand.data_ptr<T>(), K, vis_of<T>(s), groups, out.data_ptr<T>(),
+        aten_gemm<T>);
+  });
+  return out;
+}
+
 class CpuKernels final : public Kernels {
  public:
   Tensor linear_forward(const Tensor& x, const Tensor& weight, const Selection& s,
@@ -275,28 +291,14 @@ class CpuKernels final : public Kernels {
 
   Tensor linear_grad_input(const Tensor& grad, const Tensor& weight, const Selection& s,
                            int64_t rows_per_sample) const override {
-    const int64_t M = grad.size(0), N = grad.size(1), K = weight.size(1);
-    const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
-    Tensor gx = at::empty({M, K}, grad.options());
-    for_dtype(grad, [&](auto zero) {
-      using T = decltype(zero);
-      cpu::linear_grad_input<T>(grad.data_ptr<T>(), M, N, weight.data_ptr<T>(), K, vis_of<T>(s),
-                                groups, gx.data_ptr<T>(), aten_gemm<T>);
-    });
-    return gx;
+    return linear_backward(grad, weight, s, rows_per_sample, {grad.size(0), weight.size(1)},
+                           [](auto&&... args) { cpu::linear_grad_input(args...); });
   }
 
   Tensor linear_grad_weight(const Tensor& grad, const Tensor& x, const Selection& s,
                             int64_t rows_per_sample) const override {
-    const int64_t M = grad.size(0), N = grad.size(1), K = x.size(1);
-    const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
-    Tensor gw = at::empty({N, K}, grad.options());
-    for_dtype(grad, [&](auto zero) {
-      using T = decltype(zero);
-      cpu::linear_grad_weight<T>(grad.data_ptr<T>(), M, N, x.data_ptr<T>(), K, vis_of<T>(s),
-                                 groups, gw.data_ptr<T>(), aten_gemm<T>);
-    });
-    return gw;
+    return linear_backward(grad, x, s, rows_per_sample, {grad.size(1), x.size(1)},
+                           [](auto&&... args) { cpu::linear_grad_weight(args...); });
   }
 
   Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Selection& s,
