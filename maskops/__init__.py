@@ -4,13 +4,14 @@ from maskops.backends import available_backends, bridge as _bridge, use_backend 
 from maskops.ops import masked_conv2d, masked_linear, task_conv2d, task_linear
 from maskops.routing import Routing, route
 from maskops import nn
-from maskops.nn import convert, set_task
+from maskops.conversion import conversion_report, convert
+from maskops.nn import set_task
 
 __version__ = "0.2.0"
 
 __all__ = [
     "task_linear", "task_conv2d", "masked_linear", "masked_conv2d", "route", "Routing",
-    "nn", "convert", "set_task", "available_backends", "use_backend",
+    "nn", "convert", "conversion_report", "set_task", "available_backends", "use_backend",
 ]
 
 

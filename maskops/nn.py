@@ -39,8 +39,9 @@ def _routed(task, device):
     return task
 
 
-class _TaskMasked:
-    """Owner buffer, task and out_mask shared by both layers."""
+class TaskMaskedLayer:
+    """Owner buffer, task and out_mask of every masked layer (also the subclasses convert
+    makes).  `plain_class` is the torch class a layer was converted from."""
 
     @property
     def task(self) -> Union[int, Routing]:
@@ -75,7 +76,9 @@ class _TaskMasked:
         return f"{super().extra_repr()}, task={task}"
 
 
-class MaskedLinear(_TaskMasked, nn.Linear):
+class MaskedLinear(TaskMaskedLayer, nn.Linear):
+    plain_class = nn.Linear
+
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._init_task_state()
@@ -85,7 +88,9 @@ class MaskedLinear(_TaskMasked, nn.Linear):
                                out_mask=self.out_mask)
 
 
-class MaskedConv2d(_TaskMasked, nn.Conv2d):
+class MaskedConv2d(TaskMaskedLayer, nn.Conv2d):
+    plain_class = nn.Conv2d
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
@@ -101,29 +106,10 @@ class MaskedConv2d(_TaskMasked, nn.Conv2d):
                                self.dilation, self.groups, out_mask=self.out_mask)
 
 
-_REPLACEMENTS = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
-
-
-def convert(model: nn.Module) -> nn.Module:
-    """Turn every nn.Linear / nn.Conv2d of `model` into its masked layer, in place.
-
-    The modules keep their identity, Parameters, hooks and device; each gets an
-    `owner` of 1s, so the model's outputs are unchanged.  Returns `model`.
-    Subclasses of nn.Linear/nn.Conv2d other than the exact types are left alone,
-    since their forward may not go through `weight` the usual way.
-    """
-    for module in model.modules():
-        replacement = _REPLACEMENTS.get(type(module))
-        if replacement is not None:
-            module.__class__ = replacement
-            module._init_task_state()
-    return model
-
-
 def set_task(model: nn.Module, task) -> nn.Module:
     """Set `task` (int, or per-sample tasks: a (B,) tensor or Routing) on every masked layer
     of `model`.  A task tensor is checked and routed once here, for all layers."""
-    layers = [m for m in model.modules() if isinstance(m, _TaskMasked)]
+    layers = [m for m in model.modules() if isinstance(m, TaskMaskedLayer)]
     if layers:
         task = _routed(task, layers[0].weight.device)
     for module in layers:

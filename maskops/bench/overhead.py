@@ -128,7 +128,7 @@ MODELS = {"MLP 10 x 64, batch 1": (mlp, (1, 64)), "CNN 2 conv + linear, 1 x 3 x 
 def _converted(model: nn.Module) -> nn.Module:
     converted = maskops.convert(copy.deepcopy(model))
     for module in converted.modules():
-        if isinstance(module, (maskops.nn.MaskedLinear, maskops.nn.MaskedConv2d)):
+        if isinstance(module, maskops.nn.TaskMaskedLayer):
             module.owner.copy_(_owner(module.weight.shape))
     return maskops.set_task(converted, 3)  # every weight visible: outputs equal the plain model's
 

@@ -18,7 +18,7 @@ def _model(width: int) -> nn.Module:
     maskops.convert(model)
     generator = torch.Generator().manual_seed(0)
     for layer in model:
-        if isinstance(layer, maskops.nn.MaskedLinear):
+        if isinstance(layer, maskops.nn.TaskMaskedLayer):
             # PackNet-style ownership: each weight belongs to one of tasks 1..3.
             layer.owner.copy_(torch.randint(1, 4, layer.weight.shape, generator=generator))
     return model.eval()

@@ -7,25 +7,30 @@ import torch
 from torch import nn
 
 from maskops import reference
-from maskops.nn import MaskedConv2d, MaskedLinear
+from maskops.conversion import WeightTransformingLayer
+from maskops.nn import TaskMaskedLayer
 from maskops.packnet.modules import PLAIN_BATCHNORM, TaskHeads
-
-_PLAIN_LAYER = {MaskedLinear: nn.Linear, MaskedConv2d: nn.Conv2d}
 
 
 def plain_copy(model: nn.Module, task: int, values: dict[tuple[str, str], torch.Tensor]) -> nn.Module:
     """Deep copy of `model` for `task`, in eval mode, made of torch layers only.
 
     `values` maps (module name, tensor name) to the task's value of each per-task tensor.
-    Masked layers become nn.Linear / nn.Conv2d holding weight * visible(owner, task);
+    Masked layers become the class they were converted from, holding weight * visible(owner,
+    task); a layer whose forward transforms its weight cannot take the mask folded in (the
+    transform would see hidden places as zeros and fill them): ValueError.
     PackNet's BatchNorm becomes the torch class; TaskHeads becomes the task's nn.Linear.
     """
+    transforming = [name for name, m in model.named_modules() if isinstance(m, WeightTransformingLayer)]
+    if transforming:
+        raise ValueError(f"export cannot fold the mask into layers whose forward transforms the "
+                         f"weight: {', '.join(transforming)}")
     out = copy.deepcopy(model)
     with torch.no_grad():
         for (module_name, name), value in values.items():
             getattr(out.get_submodule(module_name), name).copy_(value)
         for name, module in list(out.named_modules()):
-            if type(module) in _PLAIN_LAYER:
+            if isinstance(module, TaskMaskedLayer):
                 _plain_layer(module, task)
             elif type(module) in PLAIN_BATCHNORM:
                 module.__dict__.pop("frozen", None)
@@ -54,4 +59,4 @@ def _plain_layer(layer: nn.Module, task: int) -> None:
     del layer._buffers["owner"]
     for attribute in ("task", "out_mask"):
         layer.__dict__.pop(attribute, None)
-    layer.__class__ = _PLAIN_LAYER[type(layer)]
+    layer.__class__ = type(layer).plain_class

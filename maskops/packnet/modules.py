@@ -62,6 +62,7 @@ def convert_batchnorm(model: nn.Module) -> list[nn.Module]:
 
 class _Head(nn.Linear):
     """A plain nn.Linear that maskops.convert leaves alone: a head belongs to one task whole."""
+    maskops_keep_plain = True
 
 
 class TaskHeads(nn.Module):

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskops.conversion import convert
 from maskops.modes import MAX_TASK
-from maskops.nn import MaskedConv2d, MaskedLinear, convert
+from maskops.nn import TaskMaskedLayer
 from maskops.packnet import checkpoint, guard
 from maskops.packnet.export import plain_copy
 from maskops.packnet.modules import TaskHeads, convert_batchnorm
@@ -27,6 +28,9 @@ from maskops.routing import Routing, route
 
 POLICIES = ("per_task", "frozen")
 STRUCTURES = ("weight", "block", "channel")
+# Parameters of this many elements or more that are not masked weights get a warning: PackNet
+# keeps a copy of them per task (bias="per_task") or leaves them to task 1 ("frozen").
+LARGE_UNMASKED = 4096
 
 
 def default_block(rows: int, columns: int) -> tuple:
@@ -97,7 +101,7 @@ class PackNet:
         self.structure, self.block = structure, block
         self.model = convert(model)
         self._batchnorms = convert_batchnorm(model)
-        self._layers = [m for m in model.modules() if isinstance(m, (MaskedLinear, MaskedConv2d))]
+        self._layers = [m for m in model.modules() if isinstance(m, TaskMaskedLayer)]
         self._heads = [m for m in model.modules() if isinstance(m, TaskHeads)]
         with torch.no_grad():
             for layer in self._layers:
@@ -298,7 +302,8 @@ class PackNet:
         head_task = {id(head): t for heads in self._heads for t, head in enumerate(heads.heads, 1)}
         batchnorms = {id(bn) for bn in self._batchnorms}
         seen = set(masked_weights)
-        for module in self.model.modules():
+        copied = []
+        for module_name, module in self.model.named_modules():
             if id(module) in head_task:
                 policy, owner = "owned", head_task[id(module)]
             elif id(module) in batchnorms:
@@ -316,6 +321,14 @@ class PackNet:
                     self._per_task.append(PerTask(module, name))
                 else:
                     self._owned.append(Owned(module, name, owner))
+                if id(module) not in head_task and id(module) not in batchnorms and \
+                        tensor.numel() >= LARGE_UNMASKED:
+                    copied.append(f"{module_name}.{name}" if module_name else name)
+        if copied:
+            fate = ("each task keeps its own copy" if self.bias == "per_task"
+                    else "task 1 trains them, later tasks cannot")
+            warnings.warn(f"PackNet: {', '.join(copied)} are not masked weights ({fate}; see "
+                          f"maskops.conversion_report)", stacklevel=3)
 
     def _select(self, task) -> None:
         """Make `task` the computed task: per-task state in, layer tasks set."""
