@@ -12,10 +12,16 @@ DEPS := triton numpy ninja pybind11 setuptools wheel pytest pytest-benchmark hyp
 
 setup: $(VENV)/.installed
 
+# Then the optional model sources (study, tests): the torchvision release paired with this
+# torch (torch 2.x: torchvision 0.(x+15)), without its torch requirement so that torch stays,
+# and timm.
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q $(DEPS)
+	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip install -q --no-deps \
+	  "torchvision==$$($(PY) -c 'import torch; print("0.%d.*" % (int(torch.__version__.split(".")[1]) + 15))')"
+	$(PY) -m pip install -q timm
 	touch $@
 
 build: setup

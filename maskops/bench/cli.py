@@ -10,7 +10,7 @@ import torch
 import maskops
 from maskops.bench import cases as case_defs
 from maskops.bench import overhead, report, study, sweep
-from maskops.bench.models import MODELS
+from maskops.bench import models
 from maskops.bench.timing import timer_for
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
                         "1 thread unless --threads)")
     p.add_argument("--no-compile", action="store_true", help="--overhead: skip torch.compile")
     study_opts = p.add_argument_group("deployment study")
-    study_opts.add_argument("--model", choices=sorted(MODELS))
+    study_opts.add_argument("--model", metavar="MODEL",
+                            help=f"{', '.join(sorted(models.MODELS))}, torchvision:<name> or timm:<name>")
     study_opts.add_argument("--tasks", type=int, default=3)
     study_opts.add_argument("--ratio", nargs="+", type=float, default=[0.5, 0.75],
                             help="PackNet pruning ratio per task and layer")
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                       structure=args.structure)
         results = []
         for dtype in dtypes:
-            results += study.run(MODELS[args.model](), args.model, tasks=args.tasks,
+            results += study.run(models.build(args.model), args.model.replace(":", "-"), tasks=args.tasks,
                                  ratios=args.ratio, batches=args.batch, resolution=resolution,
                                  device=args.device, dtype=dtype, timer=timer,
                                  compile_too=args.compile, impls=args.impl,

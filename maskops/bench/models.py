@@ -1,4 +1,5 @@
-"""ResNet-50 and VGG-16 for the deployment study: the standard ImageNet layouts, random weights."""
+"""The deployment study's models: ResNet-50 and VGG-16 built here (the standard ImageNet
+layouts), or torchvision:<name> / timm:<name>; random weights."""
 from __future__ import annotations
 
 from torch import nn
@@ -56,3 +57,14 @@ def vgg16(num_classes: int = 1000) -> nn.Module:
 
 
 MODELS = {"resnet50": resnet50, "vgg16": vgg16}
+
+
+def build(spec: str, num_classes: int = 1000) -> nn.Module:
+    """A built-in model by name, or one from torchvision:<name> / timm:<name>."""
+    if spec in MODELS:
+        return MODELS[spec](num_classes=num_classes)
+    if ":" not in spec:
+        raise ValueError(f"--model is one of {sorted(MODELS)}, torchvision:<name> or timm:<name>; "
+                         f"got {spec!r}")
+    from maskops.thirdparty import create_model
+    return create_model(spec, num_classes)

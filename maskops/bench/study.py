@@ -49,8 +49,9 @@ def packnet_owner(shape, ratio: float, tasks: int, generator: torch.Generator,
 
 
 def masked_layers(model: nn.Module) -> list:
-    return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))]
+    """(name, layer) of the layers maskops.convert masks; weights it leaves (attention read
+    directly, embeddings) stay unmasked in every variant alike."""
+    return [(name, model.get_submodule(name)) for name in maskops.conversion_report(model).converted]
 
 
 class VisibleWeight(nn.Module):
