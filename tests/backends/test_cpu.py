@@ -378,3 +378,27 @@ def test_conv_of_visible_blocks_matches_reference(geometry, layout):
     with maskops.use_backend("cpu"):
         y = maskops.task_conv2d(x_nan, w.detach(), owner, 2, **geometry)
     assert torch.equal(torch.isnan(y), torch.isnan(reference.task_conv2d(x_nan, w.detach(), owner, 2, **geometry)))
+
+
+@pytest.mark.parametrize("task", [2, "mixed"])
+def test_linear_many_rows_multiply_only_visible_blocks(task):
+    """Groups of more than 16 rows: one product per run of visible blocks (the weight itself
+    where a run is fully visible, a masked copy where partly); skipped runs keep NaN rows NaN."""
+    g = torch.Generator().manual_seed(9)
+    n, k, m = 520, 330, 48  # weight panels of several block rows
+    owner = _block_owner((n, k), 0.4, g)
+    owner[:32, :128] = 1  # wholly visible blocks, read without the owner
+    owner[32:96] = 1      # block rows that see all of K: one product for both
+    x = torch.randn(m, k, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n, k, generator=g, dtype=torch.float64, requires_grad=True)
+    tasks = 2 if task == 2 else torch.tensor([1, 2] * (m // 2)).sort().values
+    with maskops.use_backend("cpu"):
+        y = maskops.task_linear(x, w, owner, tasks)
+        got = [y] + grads(y, [x, w])
+    expected = reference.task_linear(x, w, owner, tasks)
+    assert_close_all(got, [expected] + grads(expected, [x, w]), torch.float64)
+    x_nan = x.detach().clone()
+    x_nan[5, 3] = float("nan")
+    with maskops.use_backend("cpu"):
+        y = maskops.task_linear(x_nan, w.detach(), owner, tasks)
+    assert torch.equal(torch.isnan(y), torch.isnan(reference.task_linear(x_nan, w.detach(), owner, tasks)))
