@@ -1,4 +1,5 @@
-"""`maskops` command line: `maskops demo [basic|packnet|dgm] ...`, `maskops bench ...`, `maskops info`."""
+"""`maskops` command line: `maskops demo [job|basic|packnet|dgm] ...`, `maskops bench ...`,
+`maskops info`."""
 from __future__ import annotations
 
 import importlib
@@ -6,6 +7,7 @@ import sys
 
 # Each entry point is a module with `main(argv) -> int` that parses its own options.
 COMMANDS = {
+    ("demo", "job"): "maskops.demos.job",
     ("demo", "basic"): "maskops.demos.basic",
     ("demo", "packnet"): "maskops.demos.packnet",
     ("demo", "dgm"): "maskops.demos.dgm",
@@ -13,7 +15,7 @@ COMMANDS = {
     ("info",): "maskops.info",
 }
 
-USAGE = """usage: maskops demo [basic|packnet|dgm] [options]
+USAGE = """usage: maskops demo [job|basic|packnet|dgm] [options]   (default: job)
        maskops bench [options]
        maskops info
 Run a command with --help for its options."""
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     if argv[0] == "demo" and (len(argv) == 1 or argv[1].startswith("-")):
-        argv.insert(1, "basic")
+        argv.insert(1, "job")
     for words, module in COMMANDS.items():
         if tuple(argv[:len(words)]) == words:
             return importlib.import_module(module).main(argv[len(words):]) or 0

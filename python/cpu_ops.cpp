@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -142,8 +143,18 @@ Tensor assemble(std::vector<std::pair<ImageGroup, Tensor>>& parts, int64_t batch
   const Tensor& first = parts[0].second;
   auto sizes = first.sizes().vec();
   sizes[0] = batch;
-  Tensor out = at::empty(sizes, first.options().memory_format(first.suggest_memory_format()));
-  for (auto& [group, part] : parts) out.index_copy_(0, group.index, part);
+  const auto format = first.suggest_memory_format();
+  Tensor out = at::empty(sizes, first.options().memory_format(format));
+  // Each image is one contiguous run in either layout: copied whole (index_copy_ took 3x as
+  // long for 449 8x8 images of 16 channels in 5 groups).
+  const int64_t bytes = out[0].numel() * out.element_size();
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (auto& [group, part] : parts) {
+    const Tensor src = part.contiguous(format);
+    const char* from = static_cast<const char*>(src.data_ptr());
+    const int64_t* index = group.index.data_ptr<int64_t>();
+    for (int64_t i = 0; i < src.size(0); ++i) std::memcpy(dst + index[i] * bytes, from + i * bytes, bytes);
+  }
   return out;
 }
 

@@ -72,11 +72,14 @@ def _accuracy(model, task) -> float:
     return (predicted == _labels(task.y_test, task)).float().mean().item()
 
 
-def _run_packnet(tasks, trainer, width, structure="weight"):
-    model = _network(len(tasks), width)
+def train_packnet(tasks, trainer, width, network=None, **options) -> tuple:
+    """PackNet over `tasks` one after another: (net, model, accuracy matrix), where row t holds
+    the accuracy on tasks 1..t after learning task t.  `network(num_tasks, width)` builds the
+    model (default: the demo's conv net with BatchNorm); `options` go to PackNet."""
+    model = (network or _network)(len(tasks), width)
     # Equal capacity per task: task t keeps 1/(T-t+1) of what is free; the last keeps all.
     ratios = [1 - 1 / (len(tasks) - t) for t in range(len(tasks))]
-    net = PackNet(model, prune_ratio=ratios, structure=structure)
+    net = PackNet(model, prune_ratio=ratios, **options)
     matrix = []
     for task in tasks:
         t = net.begin_task()
@@ -87,6 +90,11 @@ def _run_packnet(tasks, trainer, width, structure="weight"):
                         trainer.lr / 10)
         net.end_task()
         matrix.append(_evaluate_seen(tasks[:t], lambda j: net.set_task(j), model))
+    return net, model, matrix
+
+
+def _run_packnet(tasks, trainer, width, structure="weight"):
+    net, _, matrix = train_packnet(tasks, trainer, width, structure=structure)
     usage = net.usage()
     total = sum(usage.values())
     print(f"PackNet ({structure}) weights per task: " + ", ".join(
