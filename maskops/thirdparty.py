@@ -22,15 +22,21 @@ def _drop_partial(package: str) -> None:
         del sys.modules[name]
 
 
+def _import(package: str):
+    """The module; ImportError with the install line when the package is missing."""
+    try:
+        return importlib.import_module(package)
+    except ModuleNotFoundError as error:
+        if error.name != package:
+            raise
+        raise ImportError(f"{package} models need {package}: pip install {package}") from None
+
+
 def torchvision():
-    """The torchvision module; ImportError with the install line when it is missing."""
+    """The torchvision module (see _MISSING_SCHEMAS)."""
     global _library
     try:
-        return importlib.import_module("torchvision")
-    except ModuleNotFoundError as error:
-        if error.name != "torchvision":
-            raise
-        raise ImportError("torchvision models need torchvision: pip install torchvision") from None
+        return _import("torchvision")
     except RuntimeError as error:
         if "torchvision::nms does not exist" not in str(error) or _library is not None:
             raise
@@ -42,14 +48,9 @@ def torchvision():
 
 
 def timm():
-    """The timm module (which imports torchvision); ImportError when it is missing."""
+    """The timm module (which imports torchvision)."""
     torchvision()
-    try:
-        return importlib.import_module("timm")
-    except ModuleNotFoundError as error:
-        if error.name != "timm":
-            raise
-        raise ImportError("timm models need timm: pip install timm") from None
+    return _import("timm")
 
 
 def create_model(spec: str, num_classes: int = 1000) -> torch.nn.Module:
