@@ -8,13 +8,14 @@ statistics, the better choice for accuracy when a batch holds one task, cannot b
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 from tqdm import tqdm
 
 import maskops
+from maskops.bench.overhead import side_by_side
 from maskops.demos.data import digits_tasks
 from maskops.demos.packnet import Trainer, summarize, train_packnet
 from maskops.packnet import TaskHeads
@@ -25,10 +26,6 @@ def network(num_tasks: int, width: int) -> nn.Module:
         nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
         nn.Linear(2 * width * 16, 64), nn.ReLU(), TaskHeads(64, [2] * num_tasks))
-
-
-def _median_ms(fn) -> float:
-    return benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.5).median * 1e3
 
 
 def _megabytes(tensors) -> float:
@@ -56,9 +53,17 @@ def serve(net, model, tasks) -> dict:
             y[rows] = run(t, x[rows])
         return y
 
+    naive = copy.deepcopy(model)  # its task changes per group; the served model keeps its routing
+
+    def naive_task(t, rows):
+        for module in naive.modules():
+            if isinstance(module, (maskops.nn.TaskMaskedLayer, TaskHeads)):
+                module.task = t
+        return naive(rows)
+
     def naive_loop():
         with maskops.use_backend("torch"):  # the masked weight is built on every call
-            return loop(lambda t, rows: (net.set_task(t), model(rows))[1])
+            return loop(naive_task)
 
     def cached_loop():
         return loop(lambda t, rows: copies[t](rows))
@@ -67,9 +72,13 @@ def serve(net, model, tasks) -> dict:
         net.set_task(task_ids)  # checked and routed once, for every layer
         served = mixed()
         reference = cached_loop()
-        latency = {"mixed_ms": _median_ms(mixed), "cached_loop_ms": _median_ms(cached_loop)}
-        latency["naive_loop_ms"] = _median_ms(naive_loop)
-        net.set_task(task_ids)
+        # Each baseline alternates with the mixed call in blocks of calls, so that the machine's
+        # drifts hit both sides of a ratio alike.
+        vs_cached = side_by_side(mixed, cached_loop, rounds=11, block_ms=20)
+        vs_naive = side_by_side(mixed, naive_loop, rounds=11, block_ms=20)
+    latency = {"mixed_ms": vs_cached.us / 1e3, "cached_loop_ms": vs_cached.baseline_us / 1e3,
+               "naive_loop_ms": vs_naive.baseline_us / 1e3,
+               "vs_cached": 1 / vs_cached.ratio, "vs_naive": 1 / vs_naive.ratio}
     masked = [m for m in model.modules() if isinstance(m, maskops.nn.TaskMaskedLayer)]
     return {
         "images": len(labels),
@@ -142,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  naive masking, one call per task  {served['naive_loop_ms']:8.3f}")
     print(f"  dense per-task copies, per task   {served['cached_loop_ms']:8.3f}")
     print(f"  maskops, one call for all tasks   {served['mixed_ms']:8.3f}   "
-          f"({served['naive_loop_ms'] / served['mixed_ms']:.2f}x naive, "
-          f"{served['cached_loop_ms'] / served['mixed_ms']:.2f}x copies)")
+          f"({served['vs_naive']:.2f}x naive, {served['vs_cached']:.2f}x copies: medians of "
+          f"interleaved blocks)")
     print(f"  accuracy {served['accuracy']:.3f}; largest difference from the copies "
           f"{served['max_abs_diff_vs_copies']:.1e}")
     print(f"Weight memory: maskops {served['weights_mb']:.3f} MB + owners {served['owners_mb']:.3f} MB; "
