@@ -1,5 +1,6 @@
 """maskops: task-masked matmul and convolution for PackNet/DGM-style multi-task networks."""
 from maskops import fakes as _fakes  # noqa: F401  (fake kernels of the ops)
+from maskops import isa  # noqa: F401  (reads MASKOPS_CPU_ISA)
 from maskops.backends import available_backends, bridge as _bridge, use_backend  # noqa: F401
 from maskops.ops import masked_conv2d, masked_linear, task_conv2d, task_linear
 from maskops.routing import Routing, route

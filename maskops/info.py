@@ -22,7 +22,8 @@ def extension_info() -> dict:
         "cuda_archs": _C.cuda_archs,
         "openmp": bool(_C.with_openmp),
         "cpu_threads": _C.max_threads(),
-        "avx2_kernels": _C.avx2_enabled(),
+        "cpu_isa": _C.cpu_isa(),
+        "cpu_isas": list(_C.cpu_isas()),
         "compiler": _C.compiler,
     }
 
@@ -52,7 +53,7 @@ def _print(info: dict) -> None:
         cuda = f"yes (archs {ext['cuda_archs']})" if ext["cuda"] else "no"
         openmp = "on" if ext["openmp"] else "off"
         print(f"native extension maskops._C: CPU kernels (OpenMP {openmp}, "
-              f"{ext['cpu_threads']} threads, AVX2 {'on' if ext['avx2_kernels'] else 'off'}); "
+              f"{ext['cpu_threads']} threads, {ext['cpu_isa']} loops of {'/'.join(ext['cpu_isas'])}); "
               f"CUDA kernels: {cuda}; compiler {ext['compiler']}")
     print(f"available backends: {', '.join(info['available_backends'])}")
 

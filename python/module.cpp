@@ -4,7 +4,7 @@
 #include <torch/extension.h>
 
 #include "args.h"
-#include "csrc/cpu/avx2.h"
+#include "csrc/cpu/isa.h"
 #include "csrc/cpu/parallel.h"
 #include "entries.h"
 #include "kernels.h"
@@ -71,8 +71,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_openmp") = cpu::openmp_enabled();
   m.def("max_threads", &cpu::max_threads,
         "Threads the CPU kernels use (OpenMP's current maximum).");
-  m.def("avx2_enabled", &cpu::avx2_enabled,
-        "Whether the CPU kernels use their AVX2 versions (the CPU has AVX2 and FMA).");
-  m.def("set_avx2_enabled", &cpu::set_avx2_enabled, py::arg("enabled"),
-        "Use the AVX2 CPU kernels where the CPU has them (True) or the portable ones (False).");
+  m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The instruction set the CPU kernels' hand-written loops use now.");
+  m.def("cpu_isas", [] {
+          std::vector<std::string> names;
+          for (cpu::Isa isa : cpu::supported_isas()) names.push_back(cpu::isa_name(isa));
+          return names;
+        }, "The instruction sets this CPU runs, lowest first.");
+  m.def("set_cpu_isa", [](const std::string& name) {
+          for (cpu::Isa isa : {cpu::Isa::generic, cpu::Isa::avx2, cpu::Isa::avx512})
+            if (name == cpu::isa_name(isa)) return std::string(cpu::isa_name(cpu::set_isa(isa)));
+          throw py::value_error("unknown CPU instruction set '" + name +
+                                "': expected generic, avx2 or avx512");
+        }, py::arg("name"),
+        "Use this instruction set, or the best one this CPU runs below it; returns the one used.");
 }

@@ -202,9 +202,15 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
           const int64_t rows_b = std::min(kBlockRows, rows_w - b0);
           const std::vector<KRange> ranges =
               visible_ranges(map + ((n0 + b0) / kBlockRows) * block_cols, K);
-          for (int64_t r = 0; r < m; r += kFewRows)
-            few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + b0 * K, vp.at(b0 * K),
-                             K, ranges, g.task, rows_b, yg + r * N + b0, N);
+          // Chunks of rows of x re-read the visible weights of `sub` rows from cache.
+          int64_t visible = 0;
+          for (const KRange& range : ranges) visible += range.end - range.begin;
+          const int64_t sub = std::clamp<int64_t>(
+              kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(T))), 1, rows_b);
+          for (int64_t s0 = b0; s0 < b0 + rows_b; s0 += sub)
+            for (int64_t r = 0; r < m; r += kFewRows)
+              few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + s0 * K, vp.at(s0 * K),
+                               K, ranges, g.task, std::min(sub, b0 + rows_b - s0), yg + r * N + s0, N);
           if (ranges.size() != 1 || ranges[0].begin != 0 || ranges[0].end != K)
             skipped_block(yg + b0, N, m, rows_b, nonfinite.data() + g.begin);
         }

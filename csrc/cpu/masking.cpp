@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "avx2.h"
+#include "fused_isa.h"
 
 namespace maskops::cpu {
 
@@ -22,24 +22,7 @@ constexpr int64_t kArrayChunk = 1 << 15;
 template <class T>
 bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned task,
                 int64_t rows, int64_t cols, T* out, int64_t ldo) {
-#ifdef MASKOPS_HAVE_AVX2_KERNELS
-  if (avx2_enabled()) return avx2::mask_block(w, ldw, v, ldv, task, rows, cols, out, ldo);
-#endif
-  return with_rule(v, [&](auto rule) {
-    constexpr Rule R = decltype(rule)::value;
-    bool any = false;
-    for_rows(v, ldv, rows, [&](const Vis<T>& vr, int64_t r) {
-      const T* wr = w + r * ldw;
-      T* o = out + r * ldo;
-      int nonzero = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        o[c] = effective<R>(vr, c, wr[c], task);
-        nonzero |= o[c] != T(0);
-      }
-      any |= nonzero != 0;
-    });
-    return any;
-  });
+  MASKOPS_CALL_FUSED(mask_block, w, ldw, v, ldv, task, rows, cols, out, ldo)
 }
 
 template <class T>

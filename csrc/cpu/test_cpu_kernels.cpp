@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "avx2.h"
+#include "isa.h"
 #include "blocks.h"
 #include "epilogue.h"
 #include "linear.h"
@@ -64,7 +64,16 @@ struct Case {
   int64_t M, N, K;
   Mode mode;
   bool soft, row_tasks, bias, row_out_mask;
+  bool bits = false;  // visible mode read from a 1-bit map of the task instead of the owner
 };
+
+// The 1-bit visible map of `task`: bit i % 32 of word i / 32 for element i.
+std::vector<uint32_t> visible_bits(const std::vector<uint8_t>& owner, int task) {
+  std::vector<uint32_t> words((owner.size() + 31) / 32, 0);
+  for (size_t i = 0; i < owner.size(); ++i)
+    if (owner[i] > 0 && owner[i] <= task) words[i / 32] |= 1u << (i % 32);
+  return words;
+}
 
 template <class T>
 void check_linear(const Case& c, double tol) {
@@ -82,6 +91,8 @@ void check_linear(const Case& c, double tol) {
   v.binary = c.soft ? nullptr : binary.data();
   v.soft = c.soft ? soft.data() : nullptr;
   v.task = 2;
+  const std::vector<uint32_t> bits = visible_bits(owner, v.task);
+  if (c.bits) v.bits = bits.data();
   // Per-row tasks as the binding layer passes them: a routing, turned into row groups.
   std::vector<int64_t> order(M), offsets(maskops::kTaskIds + 1);
   sort_by_task(tasks.data(), M, order.data(), offsets.data());
@@ -113,8 +124,8 @@ void check_linear(const Case& c, double tol) {
   linear_grad_input<T>(g.data(), M, N, w.data(), K, v, groups, gx.data(), simple_gemm<T>);
   linear_grad_weight<T>(g.data(), M, N, x.data(), K, v, groups, gw.data(), simple_gemm<T>);
   char what[160];
-  std::snprintf(what, sizeof what, "M=%lld N=%lld K=%lld mode=%d soft=%d row_tasks=%d",
-                (long long)M, (long long)N, (long long)K, int(c.mode), c.soft, c.row_tasks);
+  std::snprintf(what, sizeof what, "M=%lld N=%lld K=%lld mode=%d soft=%d row_tasks=%d bits=%d",
+                (long long)M, (long long)N, (long long)K, int(c.mode), c.soft, c.row_tasks, c.bits);
   std::string base(what);
   expect_close((base + " forward").c_str(), y, y_want, tol);
   expect_close((base + " grad_input").c_str(), gx, gx_want, tol);
@@ -226,8 +237,8 @@ void check_blocks(int64_t M, double tol) {
 int main() {
   check_groups();
   check_masking();
-  for (bool simd : {true, false}) {
-    set_avx2_enabled(simd);
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
     for (int64_t M : {1, 2, 3, 4, 9, 16}) {
       check_blocks<float>(M, 1e-4);
       check_blocks<double>(M, 1e-10);
@@ -236,14 +247,16 @@ int main() {
   const Mode modes[] = {Mode::dense, Mode::visible, Mode::trainable, Mode::mask};
   // Sizes cover the fused few-row path (M <= 8), the panel + gemm path, and ragged blocks.
   const int64_t shapes[][3] = {{1, 7, 5}, {3, 33, 70}, {8, 9, 300}, {13, 70, 37}, {40, 17, 600}};
-  // Both the AVX2 kernels (where the CPU has them) and the portable ones.
-  for (bool simd : {true, false}) {
-    set_avx2_enabled(simd);
+  // Every instruction set this CPU runs, the portable one included.
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
+    std::printf("checking the %s kernels\n", isa_name(isa));
     for (auto& s : shapes)
       for (Mode mode : modes)
         for (int variant = 0; variant < 4; ++variant) {
           const Case c{s[0], s[1], s[2], mode, variant == 1 && mode == Mode::mask,
-                       variant >= 2, variant % 2 == 1, variant == 3};
+                       variant >= 2, variant % 2 == 1, variant == 3,
+                       variant == 1 && mode == Mode::visible};
           check_linear<double>(c, 1e-9);
           check_linear<float>(c, 1e-3);
         }

@@ -23,13 +23,15 @@ SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+@pytest.fixture(params=maskops.isa.NAMES)
 def simd(request):
-    """Run with the AVX2 kernels (where the CPU has them) and with the portable ones."""
-    before = _C.avx2_enabled()
-    _C.set_avx2_enabled(request.param)
+    """Run with each instruction set's loops (skipped where this CPU lacks one)."""
+    if request.param not in maskops.isa.supported():
+        pytest.skip(f"this CPU does not run {request.param}")
+    before = maskops.isa.active()
+    maskops.isa.use(request.param)
     yield request.param
-    _C.set_avx2_enabled(before)
+    maskops.isa.use(before)
 
 
 def _leaf(t, dtype):
@@ -122,6 +124,28 @@ def test_linear_skips_blocks_without_selected_weights(simd):
         torch.testing.assert_close(gx, ex)
         torch.testing.assert_close(gw, ew)
         assert torch.all(y[:, :70] == 0) and torch.all(gw[owner != 2] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [32, 96, 544])
+def test_linear_reads_task_bit_maps_and_rebuilds_them(simd, dtype, k):
+    """Single-task calls on rows of whole 32-bit words read the task's cached 1-bit map:
+    every task and row count agree with the reference, and after the owner changes in place
+    the map is rebuilt."""
+    g = torch.Generator().manual_seed(k)
+    owner = owner_map((70, k), num_tasks=4, generator=g)
+    w = _leaf(torch.randn(70, k, generator=g), dtype)
+    x = _leaf(torch.randn(20, k, generator=g), dtype)
+    for step in range(2):
+        for task in (1, 3, 4):
+            for rows in (1, 5, 20):  # fused kernels and masked panels
+                with maskops.use_backend("cpu"):
+                    y = maskops.task_linear(x[:rows], w, owner, task)
+                    got = (y, *torch.autograd.grad(y.sum(), [x, w]))
+                expected = reference.task_linear(x[:rows], w, owner, task)
+                assert_close_all(got, (expected, *torch.autograd.grad(expected.sum(), [x, w])),
+                                 dtype)
+        owner[:, : k // 2] = owner[:, : k // 2].flip(0)  # a new version of the same owner
 
 
 def test_linear_mixed_tasks_in_one_batch(simd):

@@ -1,0 +1,8 @@
+// The fused loops (fused.h) compiled for the avx512 instruction set (isa.h).
+#include "isa.h"
+
+#ifdef MASKOPS_HAVE_X86_KERNELS
+#define MASKOPS_ISA avx512
+#include "simd_avx512.h"
+#include "fused.h"
+#endif
