@@ -23,13 +23,14 @@
 namespace maskops {
 namespace {
 
-// The 1-bit visible map of a single-task selection on a 2-D owner (cached per owner version
-// and task): the kernels read it instead of the owner, 1/8 of the traffic.  Undefined where
-// the owner is read instead: mixed tasks, other modes, owners without a version counter, and
-// rows of K % 32 != 0 (the map pads each row to whole words; the kernels index it as one run).
+// The 1-bit visible map of a single-task selection (cached per owner version and task): the
+// kernels read it instead of the owner, 1/8 of the traffic.  Undefined where the owner is read
+// instead: mixed tasks, other modes, owners without a version counter, and rows (size(0) by the
+// rest) of a length that is not a whole number of words (the map pads each row to words; the
+// kernels index it as one run).
 Tensor single_task_bits(const Selection& s) {
-  if (s.mode != Mode::visible || s.mixed() || s.owner.dim() != 2 || s.owner.size(1) % 32 != 0 ||
-      s.owner.is_inference())
+  if (s.mode != Mode::visible || s.mixed() || s.owner.dim() < 2 || s.owner.is_inference() ||
+      s.owner.numel() == 0 || (s.owner.numel() / s.owner.size(0)) % 32 != 0)
     return Tensor();
   return cached_visible_bits(s.owner, s.task);
 }
@@ -142,9 +143,10 @@ Tensor rows_of(const Tensor& t, const ImageGroup& g) {
 Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
   if (s.mode == Mode::dense) return weight;
   Tensor out = at::empty_like(weight, at::MemoryFormat::Contiguous);
+  const Tensor bits = single_task_bits(s);
   for_dtype(weight, [&](auto zero) {
     using T = decltype(zero);
-    cpu::mask_array<T>(weight.data_ptr<T>(), vis_of<T>(s), unsigned(task), weight.numel(),
+    cpu::mask_array<T>(weight.data_ptr<T>(), vis_of<T>(s, bits), unsigned(task), weight.numel(),
                        out.data_ptr<T>());
   });
   return out;

@@ -77,7 +77,9 @@ at::Tensor cached(const at::Tensor& owner, int64_t task, Derived kind, Build&& b
 }  // namespace
 
 at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
-  return cached(owner, task, Derived::bits, [&] { return pack_visible(owner, task); });
+  return cached(owner, task, Derived::bits, [&] {
+    return pack_visible(owner.dim() == 2 ? owner : owner.reshape({owner.size(0), -1}), task);
+  });
 }
 
 at::Tensor cached_visible_blocks(const at::Tensor& owner, int64_t task) {

@@ -6,7 +6,8 @@
 
 namespace maskops {
 
-// The 1-bit visible map of `task` (maskops::pack_visible) of a 2-D owner map.
+// The 1-bit visible map of `task` (maskops::pack_visible) of an owner map viewed as
+// (size(0), the rest).
 at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task);
 
 // The blocks of a CPU owner map, viewed as (N = size(0), K = the rest), holding a weight

@@ -404,6 +404,24 @@ def test_conv_of_visible_blocks_matches_reference(geometry, layout):
     assert torch.equal(torch.isnan(y), torch.isnan(reference.task_conv2d(x_nan, w.detach(), owner, 2, **geometry)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_reads_task_bit_maps_and_rebuilds_them(simd, dtype):
+    """A single-task convolution whose weight rows (Cin * kh * kw = 288) are whole words masks
+    its weight through the task's cached 1-bit map, rebuilt after the owner changes."""
+    g = torch.Generator().manual_seed(4)
+    x = _leaf(torch.randn(2, 32, 9, 7, generator=g), dtype)
+    w = _leaf(torch.randn(24, 32, 3, 3, generator=g), dtype)
+    owner = owner_map(tuple(w.shape), num_tasks=3, generator=g)
+    for step in range(2):
+        for task in (1, 3):
+            with maskops.use_backend("cpu"):
+                y = maskops.task_conv2d(x, w, owner, task, padding=1)
+                got = [y] + grads(y, [x, w])
+            expected = reference.task_conv2d(x, w, owner, task, padding=1)
+            assert_close_all(got, [expected] + grads(expected, [x, w]), dtype)
+        owner[:12] = owner[:12].flip(1)  # a new version of the same owner
+
+
 @pytest.mark.parametrize("task", [2, "mixed"])
 def test_linear_many_rows_multiply_only_visible_blocks(task):
     """Groups of more than 16 rows: one product per run of visible blocks (the weight itself
@@ -426,3 +444,15 @@ def test_linear_many_rows_multiply_only_visible_blocks(task):
     with maskops.use_backend("cpu"):
         y = maskops.task_linear(x_nan, w.detach(), owner, tasks)
     assert torch.equal(torch.isnan(y), torch.isnan(reference.task_linear(x_nan, w.detach(), owner, tasks)))
+
+
+def test_kernels_use_torch_threads():
+    """The kernels' parallel loops share torch's OpenMP runtime and thread count, so the two
+    never oversubscribe the cores."""
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert _C.max_threads() == threads
+    finally:
+        torch.set_num_threads(before)
