@@ -193,31 +193,37 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
       const T* xg = xs.data + g.begin * K;
       T* yg = ys.data + g.begin * N + n0;
       const uint8_t* map = blocks ? blocks->of(g.task) : nullptr;
+      const int64_t panel_map = (n0 / kBlockRows) * block_cols;
+      const int64_t panel_blocks = ceil_div(rows_w, kBlockRows) * block_cols;
+      // Every block partly visible (fine-grained ownership): nothing to skip, and the plain
+      // loops run larger panels.
+      if (map != nullptr && !any_whole_block(map + panel_map, panel_blocks)) map = nullptr;
+      // Rows [r0, r1) of the panel through the fused kernels, over `ranges` (`visible`
+      // elements per row): chunks of rows of x re-read the weights of `sub` rows from cache.
+      auto fused = [&](int64_t r0, int64_t r1, const std::vector<KRange>& ranges, int64_t visible) {
+        const int64_t sub = std::clamp<int64_t>(
+            kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(T))), 1, r1 - r0);
+        for (int64_t s0 = r0; s0 < r1; s0 += sub)
+          for (int64_t r = 0; r < m; r += kFewRows)
+            few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + s0 * K, vp.at(s0 * K),
+                             K, ranges, g.task, std::min(sub, r1 - s0), yg + r * N + s0, N);
+      };
       if (m <= kFusedMaxRows && map == nullptr) {
-        for (int64_t r = 0; r < m; r += kFewRows)
-          few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp, vp, K, everything,
-                           g.task, rows_w, yg + r * N, N);
+        fused(0, rows_w, everything, K);
       } else if (m <= kFusedMaxRows) {
         for (int64_t b0 = 0; b0 < rows_w; b0 += kBlockRows) {
           const int64_t rows_b = std::min(kBlockRows, rows_w - b0);
           const std::vector<KRange> ranges =
               visible_ranges(map + ((n0 + b0) / kBlockRows) * block_cols, K);
-          // Chunks of rows of x re-read the visible weights of `sub` rows from cache.
           int64_t visible = 0;
           for (const KRange& range : ranges) visible += range.end - range.begin;
-          const int64_t sub = std::clamp<int64_t>(
-              kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(T))), 1, rows_b);
-          for (int64_t s0 = b0; s0 < b0 + rows_b; s0 += sub)
-            for (int64_t r = 0; r < m; r += kFewRows)
-              few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + s0 * K, vp.at(s0 * K),
-                               K, ranges, g.task, std::min(sub, b0 + rows_b - s0), yg + r * N + s0, N);
+          fused(b0, b0 + rows_b, ranges, visible);
           if (ranges.size() != 1 || ranges[0].begin != 0 || ranges[0].end != K)
             skipped_block(yg + b0, N, m, rows_b, nonfinite.data() + g.begin);
         }
-      } else if (map != nullptr && any_whole_block(map + (n0 / kBlockRows) * block_cols,
-                                                   ceil_div(rows_w, kBlockRows) * block_cols)) {
-        block_products(xg, m, K, wp, vp, g.task, map + (n0 / kBlockRows) * block_cols, rows_w,
-                       yg, N, nonfinite.data() + g.begin, gemm);
+      } else if (map != nullptr) {
+        block_products(xg, m, K, wp, vp, g.task, map + panel_map, rows_w, yg, N,
+                       nonfinite.data() + g.begin, gemm);
       } else if (vis.mode == Mode::dense) {
         gemm(false, true, m, rows_w, K, xg, K, wp, K, T(0), yg, N);
       } else {
