@@ -1,7 +1,10 @@
-// Native CPU kernels (kernels.h): the torch-free kernels of csrc/cpu on float32/float64.
-// Linear products mask weight panels in cache and multiply them with ATen's BLAS;
+// Native CPU kernels (kernels.h): the torch-free kernels of csrc/cpu on float32/float64, and
+// bfloat16.  Linear products mask weight panels in cache and multiply them with ATen's BLAS;
 // convolutions mask a copy of the (small) conv weight and call ATen's convolution, per group
-// of images that share a task.
+// of images that share a task.  bfloat16: few rows per task run the fused kernels on the
+// bfloat16 weight (x and y in fp32); more rows multiply a masked bfloat16 copy with ATen's
+// bfloat16 products (oneDNN, fp32 accumulation); weight and input gradients are computed in
+// fp32 and rounded once.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -35,6 +38,11 @@ Tensor single_task_bits(const Selection& s) {
   return cached_visible_bits(s.owner, s.task);
 }
 
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
+}
+
 // The selection as the CPU kernels take it (pointers into the selection's tensors and `bits`,
 // which the caller holds).
 template <class T>
@@ -47,7 +55,7 @@ cpu::Vis<T> vis_of(const Selection& s, const Tensor& bits = Tensor()) {
     if (s.mask.scalar_type() == at::kByte)
       v.binary = s.mask.data_ptr<uint8_t>();
     else
-      v.soft = s.mask.data_ptr<T>();
+      v.soft = ptr<T>(s.mask);
   }
   if (bits.defined()) v.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
   return v;
@@ -116,14 +124,14 @@ void for_dtype(const Tensor& t, F&& fn) {
     fn(float{});
 }
 
-// Images grouped by task, as index tensors (undefined index: all images in order).
+// Images (or rows) grouped by task, as index tensors (undefined index: all in order).
 struct ImageGroup {
   int task;
   Tensor index;
 };
 
-std::vector<ImageGroup> image_groups(const Selection& s, int64_t images) {
-  const cpu::TaskGroups g = groups_of(s, images, 1);
+std::vector<ImageGroup> image_groups(const Selection& s, int64_t images, int64_t per_sample = 1) {
+  const cpu::TaskGroups g = groups_of(s, images, per_sample);
   std::vector<ImageGroup> out;
   for (const auto& group : g.groups) {
     Tensor index;
@@ -144,12 +152,30 @@ Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
   if (s.mode == Mode::dense) return weight;
   Tensor out = at::empty_like(weight, at::MemoryFormat::Contiguous);
   const Tensor bits = single_task_bits(s);
-  for_dtype(weight, [&](auto zero) {
+  auto mask = [&](auto zero) {
     using T = decltype(zero);
-    cpu::mask_array<T>(weight.data_ptr<T>(), vis_of<T>(s, bits), unsigned(task), weight.numel(),
-                       out.data_ptr<T>());
-  });
+    cpu::mask_array<T>(ptr<T>(weight), vis_of<T>(s, bits), unsigned(task), weight.numel(),
+                       ptr<T>(out));
+  };
+  if (weight.scalar_type() == at::kBFloat16)
+    mask(cpu::bf16{});
+  else
+    for_dtype(weight, mask);
   return out;
+}
+
+bool is_bf16(const Tensor& t) { return t.scalar_type() == at::kBFloat16; }
+
+// The selection of a bfloat16 call as the fp32 kernels take it (a floating mask in fp32).
+Selection in_fp32(const Selection& s) {
+  Selection f = s;
+  if (s.mask.defined() && s.mask.is_floating_point()) f.mask = s.mask.to(at::kFloat);
+  return f;
+}
+
+// y * m, exactly 0 where m is 0 (cpu::masked_output), for bfloat16 outputs.
+Tensor masked_output(const Tensor& y, const Tensor& m) {
+  return at::where(m == 0, at::zeros({}, y.options()), y * m);
 }
 
 // Per-group results written back into a batch-sized output at their images' positions.
@@ -293,6 +319,29 @@ Tensor linear_backward(const Tensor& grad, const Tensor& operand, const Selectio
   return out;
 }
 
+// bias and out_mask (undefined: none) as the kernels' epilogue.
+template <class T>
+cpu::Epilogue<T> epilogue_of(const Tensor& bias, const Tensor& out_mask, int64_t N) {
+  cpu::Epilogue<T> epilogue;
+  if (bias.defined()) epilogue.bias = bias.data_ptr<T>();
+  if (out_mask.defined()) {
+    epilogue.out_mask = out_mask.data_ptr<T>();
+    epilogue.out_mask_row_stride = out_mask.dim() == 2 ? N : 0;
+  }
+  return epilogue;
+}
+
+// A bfloat16 linear forward with more rows than the fused kernels take: each task group
+// multiplies a masked bfloat16 copy of the weight with ATen (oneDNN's bfloat16 product).
+Tensor bf16_products(const Tensor& x, const Tensor& weight, const Selection& s,
+                     int64_t rows_per_sample, const OptTensor& bias, const OptTensor& out_mask) {
+  std::vector<std::pair<ImageGroup, Tensor>> parts;
+  for (const ImageGroup& group : image_groups(s, x.size(0), rows_per_sample))
+    parts.emplace_back(group, at::linear(rows_of(x, group), masked_weight(weight, s, group.task), bias));
+  Tensor y = assemble(parts, x.size(0));
+  return out_mask.has_value() ? masked_output(y, *out_mask) : y;
+}
+
 class CpuKernels final : public Kernels {
  public:
   Tensor linear_forward(const Tensor& x, const Tensor& weight, const Selection& s,
@@ -300,31 +349,44 @@ class CpuKernels final : public Kernels {
                         const OptTensor& out_mask) const override {
     const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
     const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
+    if (is_bf16(x) && !cpu::all_fused(groups))
+      return bf16_products(x, weight, s, rows_per_sample, bias, out_mask);
     const Blocks blocks(s, groups.groups);
     const Tensor bits = single_task_bits(s);
+    if (is_bf16(x)) {
+      const Tensor xf = x.to(at::kFloat), bias_f = bias.has_value() ? bias->to(at::kFloat) : Tensor(),
+                   mask_f = out_mask.has_value() ? out_mask->to(at::kFloat) : Tensor();
+      Tensor y = at::empty({M, N}, xf.options());
+      cpu::linear_forward_fused(xf.data_ptr<float>(), M, K, ptr<cpu::bf16>(weight), N,
+                                vis_of<cpu::bf16>(s, bits), groups, blocks.get(),
+                                epilogue_of<float>(bias_f, mask_f, N), y.data_ptr<float>());
+      return y.to(at::kBFloat16);
+    }
     Tensor y = at::empty({M, N}, x.options());
     for_dtype(x, [&](auto zero) {
       using T = decltype(zero);
-      cpu::Epilogue<T> epilogue;
-      if (bias.has_value()) epilogue.bias = bias->data_ptr<T>();
-      if (out_mask.has_value()) {
-        epilogue.out_mask = out_mask->data_ptr<T>();
-        epilogue.out_mask_row_stride = out_mask->dim() == 2 ? N : 0;
-      }
       cpu::linear_forward<T>(x.data_ptr<T>(), M, K, weight.data_ptr<T>(), N, vis_of<T>(s, bits), groups,
-                             blocks.get(), epilogue, y.data_ptr<T>(), aten_gemm<T>);
+                             blocks.get(), epilogue_of<T>(bias.value_or(Tensor()),
+                                                          out_mask.value_or(Tensor()), N),
+                             y.data_ptr<T>(), aten_gemm<T>);
     });
     return y;
   }
 
   Tensor linear_grad_input(const Tensor& grad, const Tensor& weight, const Selection& s,
                            int64_t rows_per_sample) const override {
+    if (is_bf16(grad))
+      return linear_grad_input(grad.to(at::kFloat), weight.to(at::kFloat), in_fp32(s), rows_per_sample)
+          .to(at::kBFloat16);
     return linear_backward(grad, weight, s, rows_per_sample, {grad.size(0), weight.size(1)},
                            [](auto&&... args) { cpu::linear_grad_input(args...); });
   }
 
   Tensor linear_grad_weight(const Tensor& grad, const Tensor& x, const Selection& s,
                             int64_t rows_per_sample) const override {
+    if (is_bf16(grad))
+      return linear_grad_weight(grad.to(at::kFloat), x.to(at::kFloat), in_fp32(s), rows_per_sample)
+          .to(at::kBFloat16);
     return linear_backward(grad, x, s, rows_per_sample, {grad.size(1), x.size(1)},
                            [](auto&&... args) { cpu::linear_grad_weight(args...); });
   }
@@ -340,14 +402,19 @@ class CpuKernels final : public Kernels {
       const unsigned task = unsigned(group.task);
       // Skipped blocks would drop what NaN/inf inputs give there in dense math: those calls
       // take the whole convolution.
-      const bool skip = g.groups == 1 && blocks.hidden(task) >= kBlockConvHidden && all_finite(images);
+      const bool skip = g.groups == 1 && !is_bf16(x) && blocks.hidden(task) >= kBlockConvHidden &&
+                        all_finite(images);
       parts.emplace_back(group, skip ? block_conv(images, weight, s, task, blocks.maps.of(task), bias, g)
                                      : at::convolution(images, masked_weight(weight, s, group.task),
                                                        bias, g.stride, g.padding, g.dilation, false,
                                                        {0, 0}, g.groups));
     }
     Tensor y = assemble(parts, x.size(0)).contiguous(x.suggest_memory_format());
-    if (out_mask.has_value()) {
+    if (out_mask.has_value() && is_bf16(y)) {
+      const Tensor m = out_mask->dim() == 2 ? out_mask->view({y.size(0), y.size(1), 1, 1})
+                                             : out_mask->view({1, y.size(1), 1, 1});
+      y = masked_output(y, m).contiguous(x.suggest_memory_format());
+    } else if (out_mask.has_value()) {
       for_dtype(y, [&](auto zero) {
         using T = decltype(zero);
         // H and W merge into one pixel axis in both layouts.
@@ -378,6 +445,9 @@ class CpuKernels final : public Kernels {
 
   Tensor conv2d_grad_weight(const Tensor& grad, const Tensor& x, const Selection& s,
                             at::IntArrayRef weight_shape, const ConvGeometry& g) const override {
+    if (is_bf16(grad))
+      return conv2d_grad_weight(grad.to(at::kFloat), x.to(at::kFloat), in_fp32(s), weight_shape, g)
+          .to(at::kBFloat16);
     Tensor gw = at::zeros(weight_shape, x.options());
     const Tensor weight_like = x.new_empty({1}).expand(weight_shape);
     bool written = false;
@@ -404,7 +474,9 @@ class CpuKernels final : public Kernels {
   }
 };
 
-bool cpu_supports(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
+bool cpu_supports(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16;
+}
 
 const CpuKernels cpu_kernels;
 const RegisterNativeKernels registration(c10::DeviceType::CPU, {&cpu_kernels, cpu_supports});

@@ -4,10 +4,10 @@
 
 namespace maskops::cpu {
 
-template <class T>
-void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
-                      int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
-                      T* y, int64_t ldy) {
+template <class W>
+void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W* w,
+                      const Vis<W>& v, int64_t K, const std::vector<KRange>& ranges, unsigned task,
+                      int64_t rows_w, accum_t<W>* y, int64_t ldy) {
   MASKOPS_CALL_FUSED(few_rows_forward, x, ldx, rows_x, w, v, K, ranges, task, rows_w, y, ldy)
 }
 
@@ -19,13 +19,13 @@ void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, co
 }
 
 #define MASKOPS_INSTANTIATE(T)                                                                \
-  template void few_rows_forward<T>(const T*, int64_t, int64_t, const T*, const Vis<T>&,      \
-                                    int64_t, const std::vector<KRange>&, unsigned, int64_t, T*, \
-                                    int64_t);                                                 \
   template void few_rows_grad_input<T>(const T*, int64_t, int64_t, const T*, const Vis<T>&,   \
                                        int64_t, unsigned, int64_t, int64_t, T*, int64_t);
 MASKOPS_INSTANTIATE(float)
 MASKOPS_INSTANTIATE(double)
 #undef MASKOPS_INSTANTIATE
+MASKOPS_INSTANTIATE_FUSED_FORWARD(float)
+MASKOPS_INSTANTIATE_FUSED_FORWARD(double)
+MASKOPS_INSTANTIATE_FUSED_FORWARD(bf16)
 
 }  // namespace maskops::cpu

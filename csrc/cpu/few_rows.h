@@ -37,10 +37,11 @@ void with_rule_and_rows(const Vis<T>& v, int64_t rows, F&& f) {
 // y[m, r] = sum over k in `ranges` of x[m, k] * w_eff[r, k] for m < rows_x (<= kFewRows),
 // r < rows_w: the ranges (ascending, disjoint) hold every k whose weight counts, usually
 // just [0, K).  w and v start at the block's first weight row; weight rows have K elements.
-template <class T>
-void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
-                      int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
-                      T* y, int64_t ldy);
+// x and y are in the accumulator type (fp32 for bfloat16 weights).
+template <class W>
+void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W* w,
+                      const Vis<W>& v, int64_t K, const std::vector<KRange>& ranges, unsigned task,
+                      int64_t rows_w, accum_t<W>* y, int64_t ldy);
 
 // gx[m, c] += sum_r g[m, r] * w_eff[r, c] for m < rows_g (<= kFewRows), r < rows_w,
 // c < cols.  w and v start at the block's first element; weight rows have ldw elements.

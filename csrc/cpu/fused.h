@@ -43,12 +43,12 @@ MASKOPS_INLINE Keep keep(const Vis<T>& v, int64_t i, Operand operand) {
   else return keep_all();
 }
 
-// Effective weights of elements i .. i+16 (w and v at the same block), masked on load.
-// `selected` receives the selection (all for dense and soft rules).
-template <Rule R, class T>
-MASKOPS_INLINE typename Simd<T>::Block effective16(const T* w, const Vis<T>& v, int64_t i,
-                                                   Operand operand, Keep& selected) {
-  using S = Simd<T>;
+// Effective weights of elements i .. i+16 (w and v at the same block), masked on load and
+// widened to the accumulator type.  `selected` receives the selection (all for dense and soft).
+template <Rule R, class W>
+MASKOPS_INLINE typename Simd<accum_t<W>>::Block effective16(const W* w, const Vis<W>& v, int64_t i,
+                                                            Operand operand, Keep& selected) {
+  using S = Simd<accum_t<W>>;
   selected = keep<R>(v, i, operand);
   if constexpr (R == Rule::dense || R == Rule::soft) {
     typename S::Block e;
@@ -65,15 +65,15 @@ MASKOPS_INLINE typename Simd<T>::Block effective16(const T* w, const Vis<T>& v, 
 // acc[m][i] (+ tail[m][i] for the elements past the last whole step) += x[m, range] .
 // w_eff[r + i, range] for MB rows of x and RB weight rows: RB weight rows advance together,
 // because several concurrent streams draw more memory bandwidth than one.
-template <Rule R, int MB, int RB, class T>
-MASKOPS_INLINE void forward_range(const T* x, int64_t ldx, const T* w, const Vis<T>& v, int64_t K,
+template <Rule R, int MB, int RB, class W, class T = accum_t<W>>
+MASKOPS_INLINE void forward_range(const T* x, int64_t ldx, const W* w, const Vis<W>& v, int64_t K,
                                   const KRange& range, unsigned task, Operand operand, int64_t r,
                                   typename Simd<T>::V (&acc)[MB][RB], T (&tail)[MB][RB]) {
   using S = Simd<T>;
   // Row pointers and sums in locals: the compiler keeps them in registers (through the
   // references it reloaded the selection pointers and stored the sums on every step).
-  const T* wr[RB];
-  Vis<T> vr[RB];
+  const W* wr[RB];
+  Vis<W> vr[RB];
   typename S::V sums[MB][RB];
   for (int i = 0; i < RB; ++i) {
     wr[i] = w + (r + i) * K;
@@ -94,7 +94,7 @@ MASKOPS_INLINE void forward_range(const T* x, int64_t ldx, const T* w, const Vis
   for (int i = 0; i < RB; ++i) {
     for (int m = 0; m < MB; ++m) acc[m][i] = sums[m][i];
     for (int64_t t = k; t < range.end; ++t) {
-      const T e = effective<R>(vr[i], t, wr[i][t], task);
+      const T e = widen(effective<R>(vr[i], t, wr[i][t], task));
       for (int m = 0; m < MB; ++m) tail[m][i] += x[m * ldx + t] * e;
     }
   }
@@ -103,8 +103,8 @@ MASKOPS_INLINE void forward_range(const T* x, int64_t ldx, const T* w, const Vis
 constexpr size_t kPrefetchAhead = 2;
 
 // y[m, r .. r+RB) for MB rows of x over the K ranges; full ranges read no mask.
-template <Rule R, int MB, int RB, class T>
-MASKOPS_INLINE void forward_rows(const T* x, int64_t ldx, const T* w, const Vis<T>& v, int64_t K,
+template <Rule R, int MB, int RB, class W, class T = accum_t<W>>
+MASKOPS_INLINE void forward_rows(const T* x, int64_t ldx, const W* w, const Vis<W>& v, int64_t K,
                                  const std::vector<KRange>& ranges, unsigned task,
                                  Operand operand, int64_t r, T* y, int64_t ldy) {
   using S = Simd<T>;
@@ -119,7 +119,7 @@ MASKOPS_INLINE void forward_rows(const T* x, int64_t ldx, const T* w, const Vis<
     if (j + kPrefetchAhead < ranges.size()) {
       const KRange& ahead = ranges[j + kPrefetchAhead];
       for (int i = 0; i < RB; ++i)
-        for (int64_t k = ahead.begin; k < ahead.end; k += 64 / int64_t(sizeof(T)))
+        for (int64_t k = ahead.begin; k < ahead.end; k += 64 / int64_t(sizeof(W)))
           __builtin_prefetch(w + (r + i) * K + k, 0, 3);
     }
     if (range.full)
@@ -131,8 +131,8 @@ MASKOPS_INLINE void forward_rows(const T* x, int64_t ldx, const T* w, const Vis<
     for (int m = 0; m < MB; ++m) y[m * ldy + r + i] = S::sum(acc[m][i]) + tail[m][i];
 }
 
-template <Rule R, int MB, class T>
-MASKOPS_TARGET void forward_kernel(const T* x, int64_t ldx, const T* w, const Vis<T>& v, int64_t K,
+template <Rule R, int MB, class W, class T = accum_t<W>>
+MASKOPS_TARGET void forward_kernel(const T* x, int64_t ldx, const W* w, const Vis<W>& v, int64_t K,
                                    const std::vector<KRange>& ranges, unsigned task,
                                    int64_t rows_w, T* y, int64_t ldy) {
   // One row of x streams 8 weight rows at once (measured with AVX2: 8 rows ran block-sparse
@@ -220,10 +220,10 @@ MASKOPS_TARGET bool mask_kernel(const T* w, int64_t ldw, const Vis<T>& v, int64_
 
 }  // namespace
 
-template <class T>
-void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,
-                      int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
-                      T* y, int64_t ldy) {
+template <class W>
+void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W* w,
+                      const Vis<W>& v, int64_t K, const std::vector<KRange>& ranges, unsigned task,
+                      int64_t rows_w, accum_t<W>* y, int64_t ldy) {
   with_rule_and_rows(v, rows_x, [&](auto rule, auto rows) {
     forward_kernel<decltype(rule)::value, decltype(rows)::value>(x, ldx, w, v, K, ranges, task,
                                                                  rows_w, y, ldy);
@@ -250,5 +250,6 @@ bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned 
 
 MASKOPS_INSTANTIATE_FUSED(float)
 MASKOPS_INSTANTIATE_FUSED(double)
+MASKOPS_INSTANTIATE_FUSED_FORWARD(bf16)
 
 }  // namespace maskops::cpu::MASKOPS_ISA

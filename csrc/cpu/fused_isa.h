@@ -1,5 +1,6 @@
-// The fused loops (fused.h) of each instruction set (isa.h): few_rows_forward and
-// few_rows_grad_input with the contracts of few_rows.h, mask_block with that of masking.h.
+// The fused loops (fused.h) of each instruction set (isa.h): few_rows_forward (also for
+// bfloat16 weights) and few_rows_grad_input with the contracts of few_rows.h, mask_block with
+// that of masking.h.
 // few_rows.cpp and masking.cpp call the copy of the active instruction set.
 #pragma once
 
@@ -12,10 +13,10 @@
 
 #define MASKOPS_DECLARE_FUSED(ns)                                                               \
   namespace maskops::cpu::ns {                                                                  \
-  template <class T>                                                                            \
-  void few_rows_forward(const T* x, int64_t ldx, int64_t rows_x, const T* w, const Vis<T>& v,   \
-                        int64_t K, const std::vector<KRange>& ranges, unsigned task,            \
-                        int64_t rows_w, T* y, int64_t ldy);                                     \
+  template <class W>                                                                            \
+  void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W* w,           \
+                        const Vis<W>& v, int64_t K, const std::vector<KRange>& ranges,          \
+                        unsigned task, int64_t rows_w, accum_t<W>* y, int64_t ldy);             \
   template <class T>                                                                            \
   void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w,                 \
                            const Vis<T>& v, int64_t ldw, unsigned task, int64_t rows_w,         \
@@ -25,10 +26,13 @@
                   int64_t rows, int64_t cols, T* out, int64_t ldo);                             \
   }
 
+#define MASKOPS_INSTANTIATE_FUSED_FORWARD(W)                                                  \
+  template void few_rows_forward<W>(const accum_t<W>*, int64_t, int64_t, const W*,            \
+                                    const Vis<W>&, int64_t, const std::vector<KRange>&,       \
+                                    unsigned, int64_t, accum_t<W>*, int64_t);
+
 #define MASKOPS_INSTANTIATE_FUSED(T)                                                          \
-  template void few_rows_forward<T>(const T*, int64_t, int64_t, const T*, const Vis<T>&,      \
-                                    int64_t, const std::vector<KRange>&, unsigned, int64_t, T*, \
-                                    int64_t);                                                 \
+  MASKOPS_INSTANTIATE_FUSED_FORWARD(T)                                                        \
   template void few_rows_grad_input<T>(const T*, int64_t, int64_t, const T*, const Vis<T>&,   \
                                        int64_t, unsigned, int64_t, int64_t, T*, int64_t);     \
   template bool mask_block<T>(const T*, int64_t, const Vis<T>&, int64_t, unsigned, int64_t,   \

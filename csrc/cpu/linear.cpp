@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "few_rows.h"
@@ -156,24 +158,39 @@ void block_products(const T* x, int64_t m, int64_t K, const T* w, const Vis<T>& 
   if (whole_begin < rows) flush(rows);
 }
 
-bool all_fused(const TaskGroups& groups) {
-  for (const TaskGroup& g : groups.groups)
-    if (g.size() > kFusedMaxRows) return false;
-  return true;
+// A group of more than kFusedMaxRows rows on panel rows [0, rows_w) of w: masked panels (or
+// runs of visible blocks, with `map`) multiplied by gemm.
+template <class T>
+void many_rows_forward(const T* xg, int64_t m, int64_t K, const T* wp, const Vis<T>& vp,
+                       unsigned task, const uint8_t* map, int64_t rows_w, T* yg, int64_t ldy,
+                       const char* nonfinite, Gemm<T> gemm) {
+  if (map != nullptr) {
+    block_products(xg, m, K, wp, vp, task, map, rows_w, yg, ldy, nonfinite, gemm);
+  } else if (vp.mode == Mode::dense) {
+    gemm(false, true, m, rows_w, K, xg, K, wp, K, T(0), yg, ldy);
+  } else {
+    T* masked = thread_scratch<T>(rows_w * K);
+    if (mask_block(wp, K, vp, K, task, rows_w, K, masked, K)) {
+      gemm(false, true, m, rows_w, K, xg, K, masked, K, T(0), yg, ldy);
+    } else {
+      zero_block(yg, ldy, m, rows_w);
+      skipped_block(yg, ldy, m, rows_w, nonfinite);
+    }
+  }
 }
 
-}  // namespace
-
-template <class T>
-void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, const Vis<T>& vis,
-                    const TaskGroups& groups, const BlockMaps* blocks, const Epilogue<T>& epilogue,
-                    T* y, Gemm<T> gemm) {
+// linear_forward with weights of type W and x, y of type T: the same, or bfloat16 weights
+// with fp32 x and y when every group runs the fused kernels.
+template <class T, class W>
+void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<W>& vis,
+             const TaskGroups& groups, const BlockMaps* blocks, const Epilogue<T>& epilogue, T* y,
+             Gemm<T> gemm) {
   if (M == 0 || N == 0) return;
   const GroupedRows<T> xs(x, K, groups);
   GroupedOutput<T> ys(y, M, N, groups);
   const bool epilogue_here = !groups.reordered() && epilogue.active();
   const int64_t panel_bytes = all_fused(groups) ? kFusedPanelBytes : kGemmPanelBytes;
-  const int64_t row_bytes = int64_t(sizeof(T)) * std::max<int64_t>(K, 1);
+  const int64_t row_bytes = int64_t(sizeof(W)) * std::max<int64_t>(K, 1);
   // Panels start at a block row, so block rows never straddle two.
   const int64_t panel = block_size(N, panel_bytes / row_bytes, blocks ? kBlockRows : 8);
   const int64_t panels = ceil_div(N, panel);
@@ -186,8 +203,8 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
-    const T* wp = w + n0 * K;
-    const Vis<T> vp = vis.at(n0 * K);
+    const W* wp = w + n0 * K;
+    const Vis<W> vp = vis.at(n0 * K);
     for (const TaskGroup& g : groups.groups) {
       const int64_t m = g.size();
       const T* xg = xs.data + g.begin * K;
@@ -202,7 +219,7 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
       // elements per row): chunks of rows of x re-read the weights of `sub` rows from cache.
       auto fused = [&](int64_t r0, int64_t r1, const std::vector<KRange>& ranges, int64_t visible) {
         const int64_t sub = std::clamp<int64_t>(
-            kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(T))), 1, r1 - r0);
+            kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(W))), 1, r1 - r0);
         for (int64_t s0 = r0; s0 < r1; s0 += sub)
           for (int64_t r = 0; r < m; r += kFewRows)
             few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + s0 * K, vp.at(s0 * K),
@@ -221,25 +238,37 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
           if (ranges.size() != 1 || ranges[0].begin != 0 || ranges[0].end != K)
             skipped_block(yg + b0, N, m, rows_b, nonfinite.data() + g.begin);
         }
-      } else if (map != nullptr) {
-        block_products(xg, m, K, wp, vp, g.task, map + panel_map, rows_w, yg, N,
-                       nonfinite.data() + g.begin, gemm);
-      } else if (vis.mode == Mode::dense) {
-        gemm(false, true, m, rows_w, K, xg, K, wp, K, T(0), yg, N);
-      } else {
-        T* masked = thread_scratch<T>(rows_w * K);
-        if (mask_block(wp, K, vp, K, g.task, rows_w, K, masked, K)) {
-          gemm(false, true, m, rows_w, K, xg, K, masked, K, T(0), yg, N);
-        } else {
-          zero_block(yg, N, m, rows_w);
-          skipped_block(yg, N, m, rows_w, nonfinite.data() + g.begin);
-        }
+      } else if constexpr (std::is_same_v<T, W>) {
+        many_rows_forward(xg, m, K, wp, vp, g.task, map ? map + panel_map : nullptr, rows_w, yg,
+                          N, nonfinite.data() + g.begin, gemm);
       }
       if (epilogue_here)
         for (int64_t r = 0; r < m; ++r) epilogue.apply(yg + r * N, g.begin + r, n0, rows_w);
     }
   }
   ys.finish(y, N, groups, epilogue);
+}
+
+}  // namespace
+
+bool all_fused(const TaskGroups& groups) {
+  for (const TaskGroup& g : groups.groups)
+    if (g.size() > kFusedMaxRows) return false;
+  return true;
+}
+
+template <class T>
+void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, const Vis<T>& vis,
+                    const TaskGroups& groups, const BlockMaps* blocks, const Epilogue<T>& epilogue,
+                    T* y, Gemm<T> gemm) {
+  forward(x, M, K, w, N, vis, groups, blocks, epilogue, y, gemm);
+}
+
+void linear_forward_fused(const float* x, int64_t M, int64_t K, const bf16* w, int64_t N,
+                          const Vis<bf16>& vis, const TaskGroups& groups, const BlockMaps* blocks,
+                          const Epilogue<float>& epilogue, float* y) {
+  if (!all_fused(groups)) throw std::invalid_argument("linear_forward_fused: a group is too large");
+  forward<float, bf16>(x, M, K, w, N, vis, groups, blocks, epilogue, y, nullptr);
 }
 
 namespace {

@@ -22,6 +22,14 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
                     const TaskGroups& groups, const BlockMaps* blocks, const Epilogue<T>& epilogue,
                     T* y, Gemm<T> gemm);
 
+// Whether every group runs the fused few-row kernels (linear_forward_fused can run them).
+bool all_fused(const TaskGroups& groups);
+
+// linear_forward for bfloat16 weights (and selection) with x and y in fp32, when all_fused.
+void linear_forward_fused(const float* x, int64_t M, int64_t K, const bf16* w, int64_t N,
+                          const Vis<bf16>& vis, const TaskGroups& groups, const BlockMaps* blocks,
+                          const Epilogue<float>& epilogue, float* y);
+
 // gx (M, K) = grad (M, N) w_eff.
 template <class T>
 void linear_grad_input(const T* grad, int64_t M, int64_t N, const T* w, int64_t K,

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "bf16.h"
+
 #define MASKOPS_TARGET __attribute__((target("avx2,fma")))
 #define MASKOPS_INLINE MASKOPS_TARGET inline __attribute__((always_inline))
 
@@ -50,6 +52,10 @@ struct Simd<float> {
     V v[kVectors];
   };
   static MASKOPS_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
+  static MASKOPS_INLINE V load(const bf16* p) {  // bfloat16 is the high half of a float
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
   static MASKOPS_INLINE void store(float* p, V a) { _mm256_storeu_ps(p, a); }
   static MASKOPS_INLINE V zero() { return _mm256_setzero_ps(); }
   static MASKOPS_INLINE V broadcast(float a) { return _mm256_set1_ps(a); }
@@ -61,7 +67,8 @@ struct Simd<float> {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static MASKOPS_INLINE Block select(Keep k, const float* p) {
+  template <class W>
+  static MASKOPS_INLINE Block select(Keep k, const W* p) {
     const __m256 lo = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(k));
     const __m256 hi = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(k, k)));
     return {{_mm256_and_ps(lo, load(p)), _mm256_and_ps(hi, load(p + 8))}};

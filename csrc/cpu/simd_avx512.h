@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "bf16.h"
+
 #define MASKOPS_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define MASKOPS_INLINE MASKOPS_TARGET inline __attribute__((always_inline))
 
@@ -44,6 +46,12 @@ struct Simd<float> {
     V v[kVectors];
   };
   static MASKOPS_INLINE V load(const float* p) { return _mm512_loadu_ps(p); }
+  static MASKOPS_INLINE V load(const bf16* p) {  // bfloat16 is the high half of a float
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    // The zero-masked forms: the unmasked ones trip GCC 12's maybe-uninitialized warning.
+    const __m512i widened = _mm512_maskz_cvtepu16_epi32(0xFFFF, h);
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, widened, 16));
+  }
   static MASKOPS_INLINE void store(float* p, V a) { _mm512_storeu_ps(p, a); }
   static MASKOPS_INLINE V zero() { return _mm512_setzero_ps(); }
   static MASKOPS_INLINE V broadcast(float a) { return _mm512_set1_ps(a); }
@@ -59,7 +67,8 @@ struct Simd<float> {
     return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
   }
   // A plain load, then the selection: the load need not wait for the mask.
-  static MASKOPS_INLINE Block select(Keep k, const float* p) { return {{_mm512_maskz_mov_ps(k, load(p))}}; }
+  template <class W>
+  static MASKOPS_INLINE Block select(Keep k, const W* p) { return {{_mm512_maskz_mov_ps(k, load(p))}}; }
 };
 
 template <>

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bf16.h"
+
 #define MASKOPS_TARGET
 #define MASKOPS_INLINE inline __attribute__((always_inline))
 
@@ -52,6 +54,11 @@ struct VectorOps {
     std::memcpy(&a, p, sizeof a);
     return a;
   }
+  static MASKOPS_INLINE V load(const bf16* p) {
+    V a;
+    for (int l = 0; l < kLanes; ++l) a[l] = widen(p[l]);
+    return a;
+  }
   static MASKOPS_INLINE void store(T* p, V a) { std::memcpy(p, &a, sizeof a); }
   static MASKOPS_INLINE V zero() { return V{}; }
   static MASKOPS_INLINE V broadcast(T a) { return V{} + a; }
@@ -63,7 +70,8 @@ struct VectorOps {
     return s;
   }
   // Elements 0..15 at p, exact zeros where not kept (on the bits: inf and NaN too).
-  static MASKOPS_INLINE Block select(Keep k, const T* p) {
+  template <class W>
+  static MASKOPS_INLINE Block select(Keep k, const W* p) {
     Block b;
     for (int j = 0; j < kVectors; ++j) {
       LaneMask m;

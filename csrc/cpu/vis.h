@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "../modes.h"
+#include "bf16.h"
 
 namespace maskops::cpu {
 
@@ -47,8 +48,9 @@ enum class Rule { dense, visible, trainable, binary, soft, bits };
 // inf/nan becomes an exact zero.
 template <class T>
 inline T keep_if(bool keep, T w) {
-  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  static_assert(sizeof(Bits) == sizeof(T), "float or double");
+  using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
+                                  std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+  static_assert(sizeof(Bits) == sizeof(T), "bfloat16, float or double");
   Bits bits;
   std::memcpy(&bits, &w, sizeof bits);
   bits &= Bits(0) - Bits(keep);
@@ -66,7 +68,10 @@ inline T effective(const Vis<T>& v, int64_t i, T w, unsigned task) {
   } else if constexpr (R == Rule::binary) {
     return keep_if(v.binary[i] != 0, w);
   } else if constexpr (R == Rule::soft) {
-    return w * v.soft[i];
+    if constexpr (std::is_same_v<T, bf16>)
+      return to_bf16(widen(w) * widen(v.soft[i]));
+    else
+      return w * v.soft[i];
   } else if constexpr (R == Rule::bits) {
     const int64_t p = v.bit_offset + i;
     return keep_if((v.bits[p >> 5] >> (p & 31)) & 1u, w);

@@ -18,7 +18,7 @@ from maskops import _C, backends, reference
 from maskops.modes import Mode
 from tests.helpers import assert_close_all, grads, owner_map
 
-DTYPES = [torch.float32, torch.float64]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
