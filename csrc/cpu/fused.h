@@ -218,6 +218,34 @@ MASKOPS_TARGET bool mask_kernel(const T* w, int64_t ldw, const Vis<T>& v, int64_
   return selected_any;
 }
 
+// mask_kernel for bfloat16 weights: the selection applied to their bit patterns.
+template <Rule R>
+MASKOPS_TARGET bool mask16_kernel(const bf16* w, int64_t ldw, const Vis<bf16>& v, int64_t ldv,
+                                  unsigned task, int64_t rows, int64_t cols, bf16* out,
+                                  int64_t ldo) {
+  constexpr bf16 kOne{0x3F80};
+  const Operand operand = operand_of<R>(task);
+  bool selected_any = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bf16* wr = w + r * ldw;
+    const Vis<bf16> vr = v.at(r * ldv);
+    bf16* o = out + r * ldo;
+    int64_t c = 0;
+    if constexpr (R != Rule::soft) {  // soft masks multiply: the scalar loop below
+      for (; c + kStep <= cols; c += kStep) {
+        const Keep selected = keep<R>(vr, c, operand);
+        select16(selected, &wr[c].bits, &o[c].bits);
+        selected_any |= any(selected);
+      }
+    }
+    for (; c < cols; ++c) {
+      o[c] = effective<R>(vr, c, wr[c], task);
+      selected_any |= widen(effective<R>(vr, c, kOne, task)) != 0.f;
+    }
+  }
+  return selected_any;
+}
+
 }  // namespace
 
 template <class W>
@@ -244,12 +272,17 @@ template <class T>
 bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned task,
                 int64_t rows, int64_t cols, T* out, int64_t ldo) {
   return with_rule(v, [&](auto rule) {
-    return mask_kernel<decltype(rule)::value>(w, ldw, v, ldv, task, rows, cols, out, ldo);
+    if constexpr (std::is_same_v<T, bf16>)
+      return mask16_kernel<decltype(rule)::value>(w, ldw, v, ldv, task, rows, cols, out, ldo);
+    else
+      return mask_kernel<decltype(rule)::value>(w, ldw, v, ldv, task, rows, cols, out, ldo);
   });
 }
 
 MASKOPS_INSTANTIATE_FUSED(float)
 MASKOPS_INSTANTIATE_FUSED(double)
 MASKOPS_INSTANTIATE_FUSED_FORWARD(bf16)
+template bool mask_block<bf16>(const bf16*, int64_t, const Vis<bf16>&, int64_t, unsigned, int64_t,
+                               int64_t, bf16*, int64_t);
 
 }  // namespace maskops::cpu::MASKOPS_ISA

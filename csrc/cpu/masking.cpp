@@ -1,7 +1,6 @@
 #include "masking.h"
 
 #include <algorithm>
-#include <type_traits>
 
 #include "fused_isa.h"
 
@@ -18,35 +17,12 @@ void for_rows(const Vis<T>& v, int64_t ldv, int64_t rows, RowFn&& row) {
 // Work split for the whole-array versions: chunks large enough to amortize a thread.
 constexpr int64_t kArrayChunk = 1 << 15;
 
-// bfloat16 blocks (masked copies for ATen's bfloat16 products): a plain loop the compiler
-// vectorizes, on the bits of each weight.
-bool mask_bf16_block(const bf16* w, int64_t ldw, const Vis<bf16>& v, int64_t ldv, unsigned task,
-                     int64_t rows, int64_t cols, bf16* out, int64_t ldo) {
-  return with_rule(v, [&](auto rule) {
-    constexpr Rule R = decltype(rule)::value;
-    int nonzero = 0;
-    for_rows(v, ldv, rows, [&](const Vis<bf16>& vr, int64_t r) {
-      const bf16* wr = w + r * ldw;
-      bf16* o = out + r * ldo;
-      for (int64_t c = 0; c < cols; ++c) {
-        o[c] = effective<R>(vr, c, wr[c], task);
-        nonzero |= o[c].bits & 0x7FFF;  // not +0 or -0
-      }
-    });
-    return nonzero != 0;
-  });
-}
-
 }  // namespace
 
 template <class T>
 bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned task,
                 int64_t rows, int64_t cols, T* out, int64_t ldo) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return mask_bf16_block(w, ldw, v, ldv, task, rows, cols, out, ldo);
-  } else {
-    MASKOPS_CALL_FUSED(mask_block, w, ldw, v, ldv, task, rows, cols, out, ldo)
-  }
+  MASKOPS_CALL_FUSED(mask_block, w, ldw, v, ldv, task, rows, cols, out, ldo)
 }
 
 template <class T>

@@ -41,6 +41,12 @@ MASKOPS_INLINE Keep keep_nonzero(const uint8_t* bytes) {
   return _mm_xor_si128(_mm_cmpeq_epi8(load16(bytes), _mm_setzero_si128()), keep_all());
 }
 
+// out[j] = p[j] where element j is selected, else +0 (16-bit weights, as bit patterns).
+MASKOPS_INLINE void select16(Keep k, const uint16_t* p, uint16_t* out) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_and_si256(_mm256_cvtepi8_epi16(k), v));
+}
+
 template <class T>
 struct Simd;
 

@@ -41,6 +41,11 @@ MASKOPS_INLINE Keep keep_at_most(const uint8_t* owner, Operand o) {
 MASKOPS_INLINE Keep keep_equal(const uint8_t* owner, Operand o) { return (Keep)(load16(owner) == o); }
 MASKOPS_INLINE Keep keep_nonzero(const uint8_t* bytes) { return (Keep)(load16(bytes) != 0); }
 
+// out[j] = p[j] where element j is selected, else +0 (16-bit weights, as bit patterns).
+MASKOPS_INLINE void select16(Keep k, const uint16_t* p, uint16_t* out) {
+  for (int j = 0; j < 16; ++j) out[j] = uint16_t(p[j] & uint16_t(int16_t(k[j])));
+}
+
 // 16-byte vectors: the width every SIMD target has (SSE2, NEON).
 template <class T, class Lane, class Vec, class LaneMask>
 struct VectorOps {
