@@ -147,10 +147,21 @@ Tensor rows_of(const Tensor& t, const ImageGroup& g) {
   return g.index.defined() ? t.index_select(0, g.index) : t;
 }
 
-// The conv weight restricted to the selection of `task` (the weight itself when dense).
+// A contiguous tensor shaped like `t` in memory this thread reuses from call to call: a fresh
+// weight-sized allocation page-faults on every call (a 32 MB copy: 16 ms, as long as the
+// bfloat16 product it feeds, M = 256, N = K = 4096).  Valid until the thread's next call.
+Tensor reused_like(const Tensor& t) {
+  thread_local Tensor buffer;
+  const int64_t bytes = t.numel() * t.element_size();
+  if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, t.options().dtype(at::kByte));
+  return at::from_blob(buffer.data_ptr(), t.sizes(), t.options());
+}
+
+// The selection's weight for `task` (the weight itself when dense); a masked copy lives until
+// this thread's next call.
 Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
   if (s.mode == Mode::dense) return weight;
-  Tensor out = at::empty_like(weight, at::MemoryFormat::Contiguous);
+  Tensor out = reused_like(weight);
   const Tensor bits = single_task_bits(s);
   auto mask = [&](auto zero) {
     using T = decltype(zero);
