@@ -1,6 +1,7 @@
 """The instruction set of the cpu backend's hand-written loops.
 
-The same loops are compiled for each instruction set (generic portable vectors, AVX2, AVX-512)
+The same loops are compiled for each instruction set (generic portable vectors, AVX2, AVX-512,
+AVX-512 with BF16 dot products for bfloat16 weights)
 and the best one this CPU runs is chosen when maskops loads.  ``MASKOPS_CPU_ISA=avx2`` (or
 ``generic``) in the environment, or :func:`use`, asks for a lower one, e.g. to compare paths;
 asking for one the CPU lacks gives the best one below it, with a warning.
@@ -13,7 +14,9 @@ import warnings
 from maskops.modes import _C
 
 ENVIRONMENT = "MASKOPS_CPU_ISA"
-NAMES = ("generic", "avx2", "avx512")   # lowest first: each runs where the next one runs
+# Lowest first: each runs where the next one runs.  avx512bf16 multiplies bfloat16 weights with
+# AVX-512 BF16 dot products; otherwise it is avx512.
+NAMES = ("generic", "avx2", "avx512", "avx512bf16")
 
 
 def supported() -> list[str]:

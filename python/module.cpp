@@ -79,10 +79,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return names;
         }, "The instruction sets this CPU runs, lowest first.");
   m.def("set_cpu_isa", [](const std::string& name) {
-          for (cpu::Isa isa : {cpu::Isa::generic, cpu::Isa::avx2, cpu::Isa::avx512})
+          for (cpu::Isa isa : {cpu::Isa::generic, cpu::Isa::avx2, cpu::Isa::avx512,
+                               cpu::Isa::avx512bf16})
             if (name == cpu::isa_name(isa)) return std::string(cpu::isa_name(cpu::set_isa(isa)));
           throw py::value_error("unknown CPU instruction set '" + name +
-                                "': expected generic, avx2 or avx512");
+                                "': expected generic, avx2, avx512 or avx512bf16");
         }, py::arg("name"),
         "Use this instruction set, or the best one this CPU runs below it; returns the one used.");
 }

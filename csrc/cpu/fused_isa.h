@@ -48,6 +48,7 @@ MASKOPS_DECLARE_FUSED(avx512)
 #ifdef MASKOPS_HAVE_X86_KERNELS
 #define MASKOPS_CALL_FUSED(fn, ...)                                   \
   switch (::maskops::cpu::active_isa()) {                             \
+    case ::maskops::cpu::Isa::avx512bf16:                             \
     case ::maskops::cpu::Isa::avx512: return avx512::fn(__VA_ARGS__); \
     case ::maskops::cpu::Isa::avx2: return avx2::fn(__VA_ARGS__);     \
     default: return generic::fn(__VA_ARGS__);                         \

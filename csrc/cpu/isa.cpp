@@ -9,6 +9,8 @@ namespace {
 bool cpu_runs(Isa isa) {
 #ifdef MASKOPS_HAVE_X86_KERNELS
   switch (isa) {
+    case Isa::avx512bf16:
+      return __builtin_cpu_supports("avx512bf16") && cpu_runs(Isa::avx512);
     case Isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -24,7 +26,7 @@ bool cpu_runs(Isa isa) {
 }
 
 Isa best_isa() {
-  for (Isa isa : {Isa::avx512, Isa::avx2})
+  for (Isa isa : {Isa::avx512bf16, Isa::avx512, Isa::avx2})
     if (cpu_runs(isa)) return isa;
   return Isa::generic;
 }
@@ -35,6 +37,7 @@ std::atomic<int> active{int(best_isa())};
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512bf16: return "avx512bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "generic";
@@ -43,7 +46,7 @@ const char* isa_name(Isa isa) {
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512})
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16})
     if (cpu_runs(isa)) out.push_back(isa);
   return out;
 }

@@ -12,8 +12,9 @@
 namespace maskops::cpu {
 
 // In order: each runs wherever the one above it runs.  generic: portable vector code (any
-// CPU the compiler targets); avx2: AVX2 + FMA; avx512: AVX-512 F/BW/VL/DQ.
-enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2 };
+// CPU the compiler targets); avx2: AVX2 + FMA; avx512: AVX-512 F/BW/VL/DQ; avx512bf16: the
+// same, with bfloat16 weights multiplied by AVX-512 BF16 dot products.
+enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
 
 const char* isa_name(Isa isa);
 // The instruction sets this CPU (and this build) can run, lowest first.

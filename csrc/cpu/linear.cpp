@@ -217,6 +217,8 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
       if (map != nullptr && !any_whole_block(map + panel_map, panel_blocks)) map = nullptr;
       // Rows [r0, r1) of the panel through the fused kernels, over `ranges` (`visible`
       // elements per row): chunks of rows of x re-read the weights of `sub` rows from cache.
+      // (Masking the sub-panel once into scratch for all chunks ran slower: bfloat16, 16 rows,
+      // N = K = 4096, 7.1 -> 10.5 ms; fp32 9.4 -> 12.5 ms.)
       auto fused = [&](int64_t r0, int64_t r1, const std::vector<KRange>& ranges, int64_t visible) {
         const int64_t sub = std::clamp<int64_t>(
             kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(W))), 1, r1 - r0);
