@@ -29,12 +29,38 @@ def owner_map(shape, num_tasks=3, generator=None) -> torch.Tensor:
     return torch.randint(0, num_tasks + 1, shape, dtype=torch.uint8, generator=generator)
 
 
-def grads(out, inputs, seed=1):
-    """Gradients of <out, random> with respect to `inputs` (None where an input needs none)."""
-    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+def grads(out, inputs, seed=1, values_of=None):
+    """Gradients of <out, random> with respect to `inputs` (None where an input needs none).
+    `values_of`: a dtype the random values are rounded to first, so that an fp32 reference of a
+    bf16 computation (upcast) gets the very values the bf16 one got."""
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                           dtype=values_of or out.dtype).to(out.dtype)
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     got = iter(torch.autograd.grad(out, wanted, upstream.to(out.device)))
     return [next(got) if (t is not None and t.requires_grad) else None for t in inputs]
+
+
+def upcast(t):
+    """A float32 leaf with the values of a low-precision tensor (None and integer tensors as they
+    are): the reference computed on it rounds once at the end, as the kernels do, instead of after
+    every bf16 step, whose cancellations can exceed the bf16 tolerance on their own."""
+    if t is None or not t.is_floating_point():
+        return t
+    return t.detach().float().requires_grad_(t.requires_grad)
+
+
+def assert_no_worse_than_reference(actual, reference_bf16, exact):
+    """bf16 results against the fp32 reference of the same values (`exact`): each may be off by
+    at most twice what the reference computed in bf16 is off (bf16 sums that cancel lose more
+    than any fixed tolerance), plus rounding at the output's scale."""
+    for a, r, e in zip(actual, reference_bf16, exact):
+        if e is None:
+            assert a is None
+            continue
+        ours = (a.float() - e.float()).abs().max().item()
+        theirs = (r.float() - e.float()).abs().max().item()
+        bound = 2 * theirs + 1e-2 * (1 + e.abs().max().item())
+        assert ours <= bound, f"bf16 error {ours:.4g} above {bound:.4g} (the bf16 reference: {theirs:.4g})"
 
 
 def assert_close_all(actual, expected, dtype):

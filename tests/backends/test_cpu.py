@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import maskops
 from maskops import _C, backends, reference
 from maskops.modes import Mode
-from tests.helpers import assert_close_all, grads, owner_map
+from tests.helpers import (assert_close_all, assert_no_worse_than_reference, grads, owner_map,
+                           upcast)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[
@@ -91,15 +92,32 @@ def _run_linear(p, dtype):
         y = op(maskops)
         got = [y] + grads(y, inputs)
     expected = op(reference)
-    return got, [expected] + grads(expected, inputs), (owner, task) if p["kind"] == "task" else None
+    expected = [expected] + grads(expected, inputs)
+    exact = None
+    if dtype == torch.bfloat16:  # the closures read the upcast tensors from here on
+        x, w, b, om = (upcast(t) for t in (x, w, b, om))
+        inputs = [x, w, b, om]
+        if p["kind"] != "task":
+            mask = upcast(mask)
+            inputs.append(mask if mask.requires_grad else None)
+        exact = op(reference)
+        exact = [exact] + grads(exact, inputs, values_of=dtype)
+    return got, expected, exact, (owner, task) if p["kind"] == "task" else None
+
+
+def _assert_matches(got, expected, exact, dtype):
+    if exact is None:
+        assert_close_all(got, expected, dtype)
+    else:
+        assert_no_worse_than_reference(got, expected, exact)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @given(p=linear_problems())
 def test_linear_matches_reference(simd, dtype, p):
-    got, expected, task_spec = _run_linear(p, dtype)
-    assert_close_all(got, expected, dtype)
+    got, expected, exact, task_spec = _run_linear(p, dtype)
+    _assert_matches(got, expected, exact, dtype)
     if task_spec is not None:  # frozen and free weights: exactly zero, not small
         owner, task = task_spec
         assert torch.all(got[2][~_selected(owner, task)] == 0)
@@ -227,7 +245,17 @@ def test_conv2d_matches_reference(dtype, p):
         y = op(maskops)
         got = [y] + grads(y, inputs)
     expected = op(reference)
-    assert_close_all(got, [expected] + grads(expected, inputs), dtype)
+    expected = [expected] + grads(expected, inputs)
+    exact = None
+    if dtype == torch.bfloat16:  # the closures read the upcast tensors from here on
+        x, w, b, om = (upcast(t) for t in (x, w, b, om))
+        inputs = [x, w, b, om]
+        if p["kind"] != "task":
+            mask = upcast(mask)
+            inputs.append(mask if mask.requires_grad else None)
+        exact = op(reference)
+        exact = [exact] + grads(exact, inputs, values_of=dtype)
+    _assert_matches(got, expected, exact, dtype)
     if p["layout"] == "channels_last" and not x.is_contiguous():
         assert y.is_contiguous(memory_format=torch.channels_last)
     if p["kind"] == "task":
