@@ -62,8 +62,27 @@ def linear_problems(draw):
                 seed=draw(st.integers(0, 2**16)))
 
 
+def _check_against_reference(op, args, dtype):
+    """Runs op(module, *args) (args: x, w, bias, out_mask, mask or None) with the cpu backend
+    and with the reference; compares outputs and gradients and returns the cpu backend's.
+    bf16: against the fp32 reference of the same values, at most twice as far off as the
+    reference computed in bf16."""
+    with maskops.use_backend("cpu"):
+        y = op(maskops, *args)
+        got = [y] + grads(y, args)
+    y = op(reference, *args)
+    expected = [y] + grads(y, args)
+    if dtype == torch.bfloat16:
+        exact_args = [upcast(a) for a in args]
+        y = op(reference, *exact_args)
+        assert_no_worse_than_reference(got, expected, [y] + grads(y, exact_args, values_of=dtype))
+    else:
+        assert_close_all(got, expected, dtype)
+    return got
+
+
 def _run_linear(p, dtype):
-    """[y, grads...] from the cpu backend and from the reference, and (owner, task)."""
+    """[y, grads...] from the cpu backend, checked against the reference, and (owner, task)."""
     g = torch.Generator().manual_seed(p["seed"])
     x = torch.randn(p["rows"], p["k"], generator=g)
     if p["strided_x"]:  # every other column of a wider tensor
@@ -72,52 +91,30 @@ def _run_linear(p, dtype):
     b = _leaf(torch.randn(p["n"], generator=g), dtype) if p["bias"] else None
     om = {None: None, "channel": (torch.rand(p["n"], generator=g) > 0.3).to(dtype),
           "sample": _leaf(torch.rand(p["rows"], p["n"], generator=g), dtype)}[p["out_mask"]]
-    inputs = [x, w, b, om]
+    mask = None
     if p["kind"] == "task":
         owner = owner_map(w.shape, generator=g)
         task = torch.randint(1, 4, (p["rows"],), generator=g) if p["per_sample"] else p["task"]
 
-        def op(module):
+        def op(module, x, w, b, om, mask):
             return module.task_linear(x, w, owner, task, b, out_mask=om)
     else:
         mask = torch.rand(w.shape, generator=g)
         binary = (mask > 0.4).to(getattr(torch, p["kind"])) if p["kind"] != "soft" else None
         mask = _leaf(mask, dtype) if binary is None else binary
         trainable = torch.rand(w.shape, generator=g) > 0.5 if p["per_sample"] else None
-        inputs.append(mask if mask.requires_grad else None)
 
-        def op(module):
+        def op(module, x, w, b, om, mask):
             return module.masked_linear(x, w, mask, b, out_mask=om, trainable=trainable)
-    with maskops.use_backend("cpu"):
-        y = op(maskops)
-        got = [y] + grads(y, inputs)
-    expected = op(reference)
-    expected = [expected] + grads(expected, inputs)
-    exact = None
-    if dtype == torch.bfloat16:  # the closures read the upcast tensors from here on
-        x, w, b, om = (upcast(t) for t in (x, w, b, om))
-        inputs = [x, w, b, om]
-        if p["kind"] != "task":
-            mask = upcast(mask)
-            inputs.append(mask if mask.requires_grad else None)
-        exact = op(reference)
-        exact = [exact] + grads(exact, inputs, values_of=dtype)
-    return got, expected, exact, (owner, task) if p["kind"] == "task" else None
-
-
-def _assert_matches(got, expected, exact, dtype):
-    if exact is None:
-        assert_close_all(got, expected, dtype)
-    else:
-        assert_no_worse_than_reference(got, expected, exact)
+    got = _check_against_reference(op, [x, w, b, om, mask], dtype)
+    return got, (owner, task) if p["kind"] == "task" else None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @given(p=linear_problems())
 def test_linear_matches_reference(simd, dtype, p):
-    got, expected, exact, task_spec = _run_linear(p, dtype)
-    _assert_matches(got, expected, exact, dtype)
+    got, task_spec = _run_linear(p, dtype)
     if task_spec is not None:  # frozen and free weights: exactly zero, not small
         owner, task = task_spec
         assert torch.all(got[2][~_selected(owner, task)] == 0)
@@ -227,35 +224,21 @@ def test_conv2d_matches_reference(dtype, p):
     om = {None: None, "channel": (torch.rand(p["cout"], generator=g) > 0.3).to(dtype),
           "sample": _leaf(torch.rand(p["batch"], p["cout"], generator=g), dtype)}[p["out_mask"]]
     geometry = (p["stride"], p["padding"], p["dilation"], p["groups"])
-    inputs = [x, w, b, om]
+    mask = None
     if p["kind"] == "task":
         owner = owner_map(w.shape, generator=g)
         task = torch.randint(1, 4, (p["batch"],), generator=g) if p["per_sample"] else p["task"]
 
-        def op(module):
+        def op(module, x, w, b, om, mask):
             return module.task_conv2d(x, w, owner, task, b, *geometry, out_mask=om)
     else:
         mask = torch.rand(w.shape, generator=g)
         mask = _leaf(mask, dtype) if p["kind"] == "soft" else (mask > 0.5).to(torch.uint8)
-        inputs.append(mask if mask.requires_grad else None)
 
-        def op(module):
+        def op(module, x, w, b, om, mask):
             return module.masked_conv2d(x, w, mask, b, *geometry, out_mask=om)
-    with maskops.use_backend("cpu"):
-        y = op(maskops)
-        got = [y] + grads(y, inputs)
-    expected = op(reference)
-    expected = [expected] + grads(expected, inputs)
-    exact = None
-    if dtype == torch.bfloat16:  # the closures read the upcast tensors from here on
-        x, w, b, om = (upcast(t) for t in (x, w, b, om))
-        inputs = [x, w, b, om]
-        if p["kind"] != "task":
-            mask = upcast(mask)
-            inputs.append(mask if mask.requires_grad else None)
-        exact = op(reference)
-        exact = [exact] + grads(exact, inputs, values_of=dtype)
-    _assert_matches(got, expected, exact, dtype)
+    got = _check_against_reference(op, [x, w, b, om, mask], dtype)
+    y = got[0]
     if p["layout"] == "channels_last" and not x.is_contiguous():
         assert y.is_contiguous(memory_format=torch.channels_last)
     if p["kind"] == "task":
