@@ -238,3 +238,13 @@ def test_study_structured_owners_and_every_task(structure):
     assert [(r["task"], r["impl"]) for r in results] == [(t, i) for t in (1, 2, 3) for i in ("cached", "cpu")]
     densities = [r["density"] for r in results if r["impl"] == "cpu"]
     assert densities == sorted(densities) and all(r["rel_err"] < 1e-5 for r in results)
+
+
+def test_results_say_which_cpu_loops_ran():
+    before = maskops.isa.active()
+    try:
+        maskops.isa.use("generic")
+        header = report.environment("cpu")
+        assert header["cpu_isa"] == "generic" and "generic" in header["cpu_isas"]
+    finally:
+        maskops.isa.use(before)

@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from maskops import isa
+
 
 def device_name(device: str) -> str:
     if device == "cuda":
@@ -52,6 +54,10 @@ def environment(device: str) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
         "load_average": load_average(),
+        # The cpu backend's loops: the instruction set they ran with (MASKOPS_CPU_ISA can lower
+        # it) and the ones this CPU offers.
+        "cpu_isa": isa.active(),
+        "cpu_isas": isa.supported(),
     }
 
 
