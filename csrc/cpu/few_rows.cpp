@@ -1,5 +1,7 @@
 #include "few_rows.h"
 
+#include <type_traits>
+
 #include "fused_isa.h"
 
 namespace maskops::cpu {
@@ -10,6 +12,14 @@ void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W*
                       int64_t rows_w, accum_t<W>* y, int64_t ldy) {
   MASKOPS_CALL_FUSED(few_rows_forward, x, ldx, rows_x, w, v, K, ranges, task, rows_w, y, ldy)
 }
+
+template <class W>
+int64_t few_rows_forward_rows() {
+  return std::is_same_v<W, bf16> && active_isa() == Isa::avx512bf16 ? kWideRows : kFewRows;
+}
+template int64_t few_rows_forward_rows<float>();
+template int64_t few_rows_forward_rows<double>();
+template int64_t few_rows_forward_rows<bf16>();
 
 template <class T>
 void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, const Vis<T>& v,

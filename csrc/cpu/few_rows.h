@@ -11,6 +11,9 @@
 namespace maskops::cpu {
 
 constexpr int64_t kFewRows = 4;
+// Rows of x a few_rows_forward call takes for bfloat16 weights on the avx512bf16 level, whose
+// dot products leave registers for more rows (few_rows_forward_rows).
+constexpr int64_t kWideRows = 8;
 
 // A range [begin, end) of the K dimension; `full` when every weight in it is selected for
 // every row the kernel is given, so the mask need not be read.
@@ -34,7 +37,12 @@ void with_rule_and_rows(const Vis<T>& v, int64_t rows, F&& f) {
   });
 }
 
-// y[m, r] = sum over k in `ranges` of x[m, k] * w_eff[r, k] for m < rows_x (<= kFewRows),
+// How many rows of x one few_rows_forward call on W weights takes: kFewRows, or kWideRows.
+template <class W>
+int64_t few_rows_forward_rows();
+
+// y[m, r] = sum over k in `ranges` of x[m, k] * w_eff[r, k] for m < rows_x
+// (<= few_rows_forward_rows<W>()),
 // r < rows_w: the ranges (ascending, disjoint) hold every k whose weight counts, usually
 // just [0, K).  w and v start at the block's first weight row; weight rows have K elements.
 // x and y are in the accumulator type (fp32 for bfloat16 weights).

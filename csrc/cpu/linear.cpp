@@ -219,12 +219,13 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
       // elements per row): chunks of rows of x re-read the weights of `sub` rows from cache.
       // (Masking the sub-panel once into scratch for all chunks ran slower: bfloat16, 16 rows,
       // N = K = 4096, 7.1 -> 10.5 ms; fp32 9.4 -> 12.5 ms.)
+      const int64_t chunk = few_rows_forward_rows<W>();
       auto fused = [&](int64_t r0, int64_t r1, const std::vector<KRange>& ranges, int64_t visible) {
         const int64_t sub = std::clamp<int64_t>(
             kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(W))), 1, r1 - r0);
         for (int64_t s0 = r0; s0 < r1; s0 += sub)
-          for (int64_t r = 0; r < m; r += kFewRows)
-            few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + s0 * K, vp.at(s0 * K),
+          for (int64_t r = 0; r < m; r += chunk)
+            few_rows_forward(xg + r * K, K, std::min(chunk, m - r), wp + s0 * K, vp.at(s0 * K),
                              K, ranges, g.task, std::min(sub, r1 - s0), yg + r * N + s0, N);
       };
       if (m <= kFusedMaxRows && map == nullptr) {

@@ -236,7 +236,7 @@ void check_blocks(int64_t M, double tol) {
 // bfloat16 weights: masked copies keep the exact bit patterns, and the fused forward sums the
 // widened weights (K = 70: whole steps and a tail).
 void check_bf16() {
-  const int64_t N = 9, K = 70, M = 3;
+  const int64_t N = 9, K = 70, M = 7;  // more rows than kFewRows: the wide dot kernels too
   const auto values = random_values<float>(N * K);
   auto x = random_values<float>(M * K);
   for (float& e : x) e = widen(to_bf16(e));  // widened bfloat16 activations, as the ops pass
