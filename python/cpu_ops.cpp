@@ -1,10 +1,10 @@
 // Native CPU kernels (kernels.h): the torch-free kernels of csrc/cpu on float32/float64, and
-// bfloat16.  Linear products mask weight panels in cache and multiply them with ATen's BLAS;
+// the 16-bit types (bfloat16, float16).  Linear products mask weight panels in cache and multiply them with ATen's BLAS;
 // convolutions mask a copy of the (small) conv weight and call ATen's convolution, per group
-// of images that share a task.  bfloat16: few rows per task run the fused kernels on the
-// bfloat16 weight (x and y in fp32); more rows multiply a masked bfloat16 copy with ATen's
-// bfloat16 products (oneDNN, fp32 accumulation); weight and input gradients are computed in
-// fp32 and rounded once.
+// of images that share a task.  16-bit types: few rows per task run the fused kernels on the
+// 16-bit weight (x and y in fp32); more rows multiply a masked 16-bit copy with ATen's products
+// (oneDNN, fp32 accumulation); weight and input gradients are computed in fp32 and rounded
+// once.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -170,21 +170,25 @@ Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
   };
   if (weight.scalar_type() == at::kBFloat16)
     mask(cpu::bf16{});
+  else if (weight.scalar_type() == at::kHalf)
+    mask(cpu::f16{});
   else
     for_dtype(weight, mask);
   return out;
 }
 
-bool is_bf16(const Tensor& t) { return t.scalar_type() == at::kBFloat16; }
+bool is_16bit(const Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
 
-// The selection of a bfloat16 call as the fp32 kernels take it (a floating mask in fp32).
+// The selection of a 16-bit call as the fp32 kernels take it (a floating mask in fp32).
 Selection in_fp32(const Selection& s) {
   Selection f = s;
   if (s.mask.defined() && s.mask.is_floating_point()) f.mask = s.mask.to(at::kFloat);
   return f;
 }
 
-// y * m, exactly 0 where m is 0 (cpu::masked_output), for bfloat16 outputs.
+// y * m, exactly 0 where m is 0 (cpu::masked_output), for 16-bit outputs.
 Tensor masked_output(const Tensor& y, const Tensor& m) {
   return at::where(m == 0, at::zeros({}, y.options()), y * m);
 }
@@ -342,9 +346,9 @@ cpu::Epilogue<T> epilogue_of(const Tensor& bias, const Tensor& out_mask, int64_t
   return epilogue;
 }
 
-// A bfloat16 linear forward with more rows than the fused kernels take: each task group
-// multiplies a masked bfloat16 copy of the weight with ATen (oneDNN's bfloat16 product).
-Tensor bf16_products(const Tensor& x, const Tensor& weight, const Selection& s,
+// A 16-bit linear forward with more rows than the fused kernels take: each task group
+// multiplies a masked 16-bit copy of the weight with ATen (oneDNN's 16-bit product).
+Tensor half_products(const Tensor& x, const Tensor& weight, const Selection& s,
                      int64_t rows_per_sample, const OptTensor& bias, const OptTensor& out_mask) {
   std::vector<std::pair<ImageGroup, Tensor>> parts;
   for (const ImageGroup& group : image_groups(s, x.size(0), rows_per_sample))
@@ -360,18 +364,25 @@ class CpuKernels final : public Kernels {
                         const OptTensor& out_mask) const override {
     const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
     const cpu::TaskGroups groups = groups_of(s, M, rows_per_sample);
-    if (is_bf16(x) && !cpu::all_fused(groups))
-      return bf16_products(x, weight, s, rows_per_sample, bias, out_mask);
+    if (is_16bit(x) && !cpu::all_fused(groups))
+      return half_products(x, weight, s, rows_per_sample, bias, out_mask);
     const Blocks blocks(s, groups.groups);
     const Tensor bits = single_task_bits(s);
-    if (is_bf16(x)) {
+    if (is_16bit(x)) {
       const Tensor xf = x.to(at::kFloat), bias_f = bias.has_value() ? bias->to(at::kFloat) : Tensor(),
                    mask_f = out_mask.has_value() ? out_mask->to(at::kFloat) : Tensor();
       Tensor y = at::empty({M, N}, xf.options());
-      cpu::linear_forward_fused(xf.data_ptr<float>(), M, K, ptr<cpu::bf16>(weight), N,
-                                vis_of<cpu::bf16>(s, bits), groups, blocks.get(),
-                                epilogue_of<float>(bias_f, mask_f, N), y.data_ptr<float>());
-      return y.to(at::kBFloat16);
+      auto run = [&](auto zero) {
+        using W = decltype(zero);
+        cpu::linear_forward_fused<W>(xf.data_ptr<float>(), M, K, ptr<W>(weight), N,
+                                     vis_of<W>(s, bits), groups, blocks.get(),
+                                     epilogue_of<float>(bias_f, mask_f, N), y.data_ptr<float>());
+      };
+      if (x.scalar_type() == at::kBFloat16)
+        run(cpu::bf16{});
+      else
+        run(cpu::f16{});
+      return y.to(x.scalar_type());
     }
     Tensor y = at::empty({M, N}, x.options());
     for_dtype(x, [&](auto zero) {
@@ -386,18 +397,18 @@ class CpuKernels final : public Kernels {
 
   Tensor linear_grad_input(const Tensor& grad, const Tensor& weight, const Selection& s,
                            int64_t rows_per_sample) const override {
-    if (is_bf16(grad))
+    if (is_16bit(grad))
       return linear_grad_input(grad.to(at::kFloat), weight.to(at::kFloat), in_fp32(s), rows_per_sample)
-          .to(at::kBFloat16);
+          .to(grad.scalar_type());
     return linear_backward(grad, weight, s, rows_per_sample, {grad.size(0), weight.size(1)},
                            [](auto&&... args) { cpu::linear_grad_input(args...); });
   }
 
   Tensor linear_grad_weight(const Tensor& grad, const Tensor& x, const Selection& s,
                             int64_t rows_per_sample) const override {
-    if (is_bf16(grad))
+    if (is_16bit(grad))
       return linear_grad_weight(grad.to(at::kFloat), x.to(at::kFloat), in_fp32(s), rows_per_sample)
-          .to(at::kBFloat16);
+          .to(grad.scalar_type());
     return linear_backward(grad, x, s, rows_per_sample, {grad.size(1), x.size(1)},
                            [](auto&&... args) { cpu::linear_grad_weight(args...); });
   }
@@ -413,7 +424,7 @@ class CpuKernels final : public Kernels {
       const unsigned task = unsigned(group.task);
       // Skipped blocks would drop what NaN/inf inputs give there in dense math: those calls
       // take the whole convolution.
-      const bool skip = g.groups == 1 && !is_bf16(x) && blocks.hidden(task) >= kBlockConvHidden &&
+      const bool skip = g.groups == 1 && !is_16bit(x) && blocks.hidden(task) >= kBlockConvHidden &&
                         all_finite(images);
       parts.emplace_back(group, skip ? block_conv(images, weight, s, task, blocks.maps.of(task), bias, g)
                                      : at::convolution(images, masked_weight(weight, s, group.task),
@@ -421,7 +432,7 @@ class CpuKernels final : public Kernels {
                                                        {0, 0}, g.groups));
     }
     Tensor y = assemble(parts, x.size(0)).contiguous(x.suggest_memory_format());
-    if (out_mask.has_value() && is_bf16(y)) {
+    if (out_mask.has_value() && is_16bit(y)) {
       const Tensor m = out_mask->dim() == 2 ? out_mask->view({y.size(0), y.size(1), 1, 1})
                                              : out_mask->view({1, y.size(1), 1, 1});
       y = masked_output(y, m).contiguous(x.suggest_memory_format());
@@ -456,9 +467,9 @@ class CpuKernels final : public Kernels {
 
   Tensor conv2d_grad_weight(const Tensor& grad, const Tensor& x, const Selection& s,
                             at::IntArrayRef weight_shape, const ConvGeometry& g) const override {
-    if (is_bf16(grad))
+    if (is_16bit(grad))
       return conv2d_grad_weight(grad.to(at::kFloat), x.to(at::kFloat), in_fp32(s), weight_shape, g)
-          .to(at::kBFloat16);
+          .to(grad.scalar_type());
     Tensor gw = at::zeros(weight_shape, x.options());
     const Tensor weight_like = x.new_empty({1}).expand(weight_shape);
     bool written = false;
@@ -486,7 +497,8 @@ class CpuKernels final : public Kernels {
 };
 
 bool cpu_supports(at::ScalarType dtype) {
-  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16;
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+         dtype == at::kHalf;
 }
 
 const CpuKernels cpu_kernels;

@@ -32,7 +32,7 @@ def owner_map(shape, num_tasks=3, generator=None) -> torch.Tensor:
 def grads(out, inputs, seed=1, values_of=None):
     """Gradients of <out, random> with respect to `inputs` (None where an input needs none).
     `values_of`: a dtype the random values are rounded to first, so that an fp32 reference of a
-    bf16 computation (upcast) gets the very values the bf16 one got."""
+    16-bit computation (upcast) gets the very values the 16-bit one got."""
     upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
                            dtype=values_of or out.dtype).to(out.dtype)
     wanted = [t for t in inputs if t is not None and t.requires_grad]
@@ -43,24 +43,24 @@ def grads(out, inputs, seed=1, values_of=None):
 def upcast(t):
     """A float32 leaf with the values of a low-precision tensor (None and integer tensors as they
     are): the reference computed on it rounds once at the end, as the kernels do, instead of after
-    every bf16 step, whose cancellations can exceed the bf16 tolerance on their own."""
+    every 16-bit step, whose cancellations can exceed a 16-bit tolerance on their own."""
     if t is None or not t.is_floating_point():
         return t
     return t.detach().float().requires_grad_(t.requires_grad)
 
 
-def assert_no_worse_than_reference(actual, reference_bf16, exact):
-    """bf16 results against the fp32 reference of the same values (`exact`): each may be off by
-    at most twice what the reference computed in bf16 is off (bf16 sums that cancel lose more
-    than any fixed tolerance), plus rounding at the output's scale."""
-    for a, r, e in zip(actual, reference_bf16, exact):
+def assert_no_worse_than_reference(actual, reference_16bit, exact):
+    """16-bit results against the fp32 reference of the same values (`exact`): each may be off
+    by at most twice what the reference computed in the 16-bit type is off (16-bit sums that
+    cancel lose more than any fixed tolerance), plus rounding at the output's scale."""
+    for a, r, e in zip(actual, reference_16bit, exact):
         if e is None:
             assert a is None
             continue
         ours = (a.float() - e.float()).abs().max().item()
         theirs = (r.float() - e.float()).abs().max().item()
         bound = 2 * theirs + 1e-2 * (1 + e.abs().max().item())
-        assert ours <= bound, f"bf16 error {ours:.4g} above {bound:.4g} (the bf16 reference: {theirs:.4g})"
+        assert ours <= bound, f"error {ours:.4g} above {bound:.4g} (the 16-bit reference: {theirs:.4g})"
 
 
 def assert_close_all(actual, expected, dtype):

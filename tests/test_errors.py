@@ -102,5 +102,6 @@ def test_unknown_or_unavailable_backend():
 def test_backend_without_dtype_support_says_so():
     if "cpu" not in maskops.available_backends():
         pytest.skip("the cpu backend is not built")
+    fp8 = torch.float8_e4m3fn
     with maskops.use_backend("cpu"), pytest.raises(RuntimeError, match="does not support"):
-        maskops.task_linear(X.half(), W.half(), OWNER, 1)
+        maskops.task_linear(X.to(fp8), W.to(fp8), OWNER, 1)

@@ -3,6 +3,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include "f16.h"
 
 namespace maskops::cpu {
 
@@ -28,16 +31,21 @@ inline bf16 to_bf16(float f) {
   return bf16{uint16_t(u >> 16)};
 }
 
-// The type products of W weights accumulate in: fp32 for bfloat16, else W itself.
+// 16-bit floating types (bfloat16, half), kept as bit patterns and computed in fp32.
 template <class W>
-struct Accumulator {
-  using type = W;
-};
-template <>
-struct Accumulator<bf16> {
-  using type = float;
-};
+constexpr bool is_16bit_v = std::is_same_v<W, bf16> || std::is_same_v<W, f16>;
+
+// fp32 rounded to the 16-bit type W.
 template <class W>
-using accum_t = typename Accumulator<W>::type;
+inline W narrow(float f) {
+  if constexpr (std::is_same_v<W, bf16>)
+    return to_bf16(f);
+  else
+    return to_f16(f);
+}
+
+// The type products of W weights accumulate in: fp32 for 16-bit types, else W itself.
+template <class W>
+using accum_t = std::conditional_t<is_16bit_v<W>, float, W>;
 
 }  // namespace maskops::cpu

@@ -20,6 +20,7 @@ int64_t few_rows_forward_rows() {
 template int64_t few_rows_forward_rows<float>();
 template int64_t few_rows_forward_rows<double>();
 template int64_t few_rows_forward_rows<bf16>();
+template int64_t few_rows_forward_rows<f16>();
 
 template <class T>
 void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, const Vis<T>& v,
@@ -37,5 +38,6 @@ MASKOPS_INSTANTIATE(double)
 MASKOPS_INSTANTIATE_FUSED_FORWARD(float)
 MASKOPS_INSTANTIATE_FUSED_FORWARD(double)
 MASKOPS_INSTANTIATE_FUSED_FORWARD(bf16)
+MASKOPS_INSTANTIATE_FUSED_FORWARD(f16)
 
 }  // namespace maskops::cpu

@@ -317,18 +317,17 @@ MASKOPS_DOT_TARGET void dot_kernel(const float* x, int64_t ldx, const bf16* w, c
 }
 #endif
 
-// mask_kernel for bfloat16 weights: the selection applied to their bit patterns.
-template <Rule R>
-MASKOPS_TARGET bool mask16_kernel(const bf16* w, int64_t ldw, const Vis<bf16>& v, int64_t ldv,
-                                  unsigned task, int64_t rows, int64_t cols, bf16* out,
-                                  int64_t ldo) {
-  constexpr bf16 kOne{0x3F80};
+// mask_kernel for 16-bit weights: the selection applied to their bit patterns.
+template <Rule R, class W>
+MASKOPS_TARGET bool mask16_kernel(const W* w, int64_t ldw, const Vis<W>& v, int64_t ldv,
+                                  unsigned task, int64_t rows, int64_t cols, W* out, int64_t ldo) {
+  const W one = narrow<W>(1.f);
   const Operand operand = operand_of<R>(task);
   bool selected_any = false;
   for (int64_t r = 0; r < rows; ++r) {
-    const bf16* wr = w + r * ldw;
-    const Vis<bf16> vr = v.at(r * ldv);
-    bf16* o = out + r * ldo;
+    const W* wr = w + r * ldw;
+    const Vis<W> vr = v.at(r * ldv);
+    W* o = out + r * ldo;
     int64_t c = 0;
     if constexpr (R != Rule::soft) {  // soft masks multiply: the scalar loop below
       for (; c + kStep <= cols; c += kStep) {
@@ -339,7 +338,7 @@ MASKOPS_TARGET bool mask16_kernel(const bf16* w, int64_t ldw, const Vis<bf16>& v
     }
     for (; c < cols; ++c) {
       o[c] = effective<R>(vr, c, wr[c], task);
-      selected_any |= widen(effective<R>(vr, c, kOne, task)) != 0.f;
+      selected_any |= widen(effective<R>(vr, c, one, task)) != 0.f;
     }
   }
   return selected_any;
@@ -389,7 +388,7 @@ template <class T>
 bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned task,
                 int64_t rows, int64_t cols, T* out, int64_t ldo) {
   return with_rule(v, [&](auto rule) {
-    if constexpr (std::is_same_v<T, bf16>)
+    if constexpr (is_16bit_v<T>)
       return mask16_kernel<decltype(rule)::value>(w, ldw, v, ldv, task, rows, cols, out, ldo);
     else
       return mask_kernel<decltype(rule)::value>(w, ldw, v, ldv, task, rows, cols, out, ldo);
@@ -398,8 +397,7 @@ bool mask_block(const T* w, int64_t ldw, const Vis<T>& v, int64_t ldv, unsigned 
 
 MASKOPS_INSTANTIATE_FUSED(float)
 MASKOPS_INSTANTIATE_FUSED(double)
-MASKOPS_INSTANTIATE_FUSED_FORWARD(bf16)
-template bool mask_block<bf16>(const bf16*, int64_t, const Vis<bf16>&, int64_t, unsigned, int64_t,
-                               int64_t, bf16*, int64_t);
+MASKOPS_INSTANTIATE_FUSED_16BIT(bf16)
+MASKOPS_INSTANTIATE_FUSED_16BIT(f16)
 
 }  // namespace maskops::cpu::MASKOPS_ISA

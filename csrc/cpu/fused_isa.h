@@ -1,5 +1,5 @@
 // The fused loops (fused.h) of each instruction set (isa.h): few_rows_forward (also for
-// bfloat16 weights) and few_rows_grad_input with the contracts of few_rows.h, mask_block with
+// 16-bit weights) and few_rows_grad_input with the contracts of few_rows.h, mask_block with
 // that of masking.h.
 // few_rows.cpp and masking.cpp call the copy of the active instruction set.
 #pragma once
@@ -30,6 +30,11 @@
   template void few_rows_forward<W>(const accum_t<W>*, int64_t, int64_t, const W*,            \
                                     const Vis<W>&, int64_t, const std::vector<KRange>&,       \
                                     unsigned, int64_t, accum_t<W>*, int64_t);
+
+#define MASKOPS_INSTANTIATE_FUSED_16BIT(W)                                                    \
+  MASKOPS_INSTANTIATE_FUSED_FORWARD(W)                                                        \
+  template bool mask_block<W>(const W*, int64_t, const Vis<W>&, int64_t, unsigned, int64_t,   \
+                              int64_t, W*, int64_t);
 
 #define MASKOPS_INSTANTIATE_FUSED(T)                                                          \
   MASKOPS_INSTANTIATE_FUSED_FORWARD(T)                                                        \

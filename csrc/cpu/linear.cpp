@@ -267,12 +267,19 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
   forward(x, M, K, w, N, vis, groups, blocks, epilogue, y, gemm);
 }
 
-void linear_forward_fused(const float* x, int64_t M, int64_t K, const bf16* w, int64_t N,
-                          const Vis<bf16>& vis, const TaskGroups& groups, const BlockMaps* blocks,
+template <class W>
+void linear_forward_fused(const float* x, int64_t M, int64_t K, const W* w, int64_t N,
+                          const Vis<W>& vis, const TaskGroups& groups, const BlockMaps* blocks,
                           const Epilogue<float>& epilogue, float* y) {
   if (!all_fused(groups)) throw std::invalid_argument("linear_forward_fused: a group is too large");
-  forward<float, bf16>(x, M, K, w, N, vis, groups, blocks, epilogue, y, nullptr);
+  forward<float, W>(x, M, K, w, N, vis, groups, blocks, epilogue, y, nullptr);
 }
+template void linear_forward_fused<bf16>(const float*, int64_t, int64_t, const bf16*, int64_t,
+                                         const Vis<bf16>&, const TaskGroups&, const BlockMaps*,
+                                         const Epilogue<float>&, float*);
+template void linear_forward_fused<f16>(const float*, int64_t, int64_t, const f16*, int64_t,
+                                        const Vis<f16>&, const TaskGroups&, const BlockMaps*,
+                                        const Epilogue<float>&, float*);
 
 namespace {
 

@@ -25,9 +25,11 @@ void linear_forward(const T* x, int64_t M, int64_t K, const T* w, int64_t N, con
 // Whether every group runs the fused few-row kernels (linear_forward_fused can run them).
 bool all_fused(const TaskGroups& groups);
 
-// linear_forward for bfloat16 weights (and selection) with x and y in fp32, when all_fused.
-void linear_forward_fused(const float* x, int64_t M, int64_t K, const bf16* w, int64_t N,
-                          const Vis<bf16>& vis, const TaskGroups& groups, const BlockMaps* blocks,
+// linear_forward for 16-bit weights (bf16, f16; and selection) with x and y in fp32, when
+// all_fused.
+template <class W>
+void linear_forward_fused(const float* x, int64_t M, int64_t K, const W* w, int64_t N,
+                          const Vis<W>& vis, const TaskGroups& groups, const BlockMaps* blocks,
                           const Epilogue<float>& epilogue, float* y);
 
 // gx (M, K) = grad (M, N) w_eff.

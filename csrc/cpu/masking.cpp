@@ -108,5 +108,8 @@ MASKOPS_INSTANTIATE(double)
 template bool mask_block<bf16>(const bf16*, int64_t, const Vis<bf16>&, int64_t, unsigned, int64_t,
                                int64_t, bf16*, int64_t);
 template bool mask_array<bf16>(const bf16*, const Vis<bf16>&, unsigned, int64_t, bf16*);
+template bool mask_block<f16>(const f16*, int64_t, const Vis<f16>&, int64_t, unsigned, int64_t,
+                              int64_t, f16*, int64_t);
+template bool mask_array<f16>(const f16*, const Vis<f16>&, unsigned, int64_t, f16*);
 
 }  // namespace maskops::cpu

@@ -32,7 +32,7 @@ void add_masked(const T* src, int64_t lds, const Vis<T>& v, int64_t ldv, unsigne
                 int64_t rows, int64_t cols, T* dst, int64_t ldd);
 
 // Whole-array versions (count elements, parallel), for small weights such as conv kernels.
-// mask_block and mask_array also take bfloat16 weights (the others: float and double).
+// mask_block and mask_array also take 16-bit weights (the others: float and double).
 template <class T>
 bool mask_array(const T* w, const Vis<T>& v, unsigned task, int64_t count, T* out);
 template <class T>

@@ -73,6 +73,11 @@ struct Simd<float> {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static MASKOPS_INLINE V load(const f16* p) {  // lane by lane: F16C is not assumed
+    alignas(32) float lanes[kLanes];
+    for (int l = 0; l < kLanes; ++l) lanes[l] = widen(p[l]);
+    return _mm256_load_ps(lanes);
+  }
   template <class W>
   static MASKOPS_INLINE Block select(Keep k, const W* p) {
     const __m256 lo = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(k));

@@ -59,7 +59,8 @@ struct VectorOps {
     std::memcpy(&a, p, sizeof a);
     return a;
   }
-  static MASKOPS_INLINE V load(const bf16* p) {
+  template <class W, class = std::enable_if_t<is_16bit_v<W>>>
+  static MASKOPS_INLINE V load(const W* p) {
     V a;
     for (int l = 0; l < kLanes; ++l) a[l] = widen(p[l]);
     return a;

@@ -233,27 +233,28 @@ void check_blocks(int64_t M, double tol) {
   }
 }
 
-// bfloat16 weights: masked copies keep the exact bit patterns, and the fused forward sums the
+// 16-bit weights: masked copies keep the exact bit patterns, and the fused forward sums the
 // widened weights (K = 70: whole steps and a tail).
-void check_bf16() {
+template <class W>
+void check_16bit() {
   const int64_t N = 9, K = 70, M = 7;  // more rows than kFewRows: the wide dot kernels too
   const auto values = random_values<float>(N * K);
   auto x = random_values<float>(M * K);
-  for (float& e : x) e = widen(to_bf16(e));  // widened bfloat16 activations, as the ops pass
+  for (float& e : x) e = widen(narrow<W>(e));  // widened 16-bit activations, as the ops pass
   const auto owner = random_bytes(N * K, 3);
-  std::vector<bf16> w(N * K), out(N * K);
-  for (int64_t i = 0; i < N * K; ++i) w[i] = to_bf16(values[i]);
-  Vis<bf16> v;
+  std::vector<W> w(N * K), out(N * K);
+  for (int64_t i = 0; i < N * K; ++i) w[i] = narrow<W>(values[i]);
+  Vis<W> v;
   v.mode = Mode::visible;
   v.owner = owner.data();
   mask_block(w.data(), K, v, K, 2, N, K, out.data(), K);
   std::vector<float> y(M * N);
-  few_rows_forward<bf16>(x.data(), K, M, w.data(), v, K, {{0, K}}, 2, N, y.data(), N);
+  few_rows_forward<W>(x.data(), K, M, w.data(), v, K, {{0, K}}, 2, N, y.data(), N);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
       const bool seen = owner[n * K + k] > 0 && owner[n * K + k] <= 2;
       if (out[n * K + k].bits != (seen ? w[n * K + k].bits : 0)) {
-        std::printf("FAIL bf16 mask_block at %lld\n", (long long)(n * K + k));
+        std::printf("FAIL 16-bit mask_block at %lld\n", (long long)(n * K + k));
         ++failures;
         return;
       }
@@ -262,7 +263,7 @@ void check_bf16() {
       double want = 0;
       for (int64_t k = 0; k < K; ++k) want += double(x[m * K + k]) * widen(out[n * K + k]);
       if (std::abs(want - y[m * N + n]) > 1e-4 * (1 + std::abs(want))) {
-        std::printf("FAIL bf16 forward row %lld: %g, expected %g\n", (long long)m, y[m * N + n], want);
+        std::printf("FAIL 16-bit forward row %lld: %g, expected %g\n", (long long)m, y[m * N + n], want);
         ++failures;
         return;
       }
@@ -289,7 +290,8 @@ int main() {
   for (Isa isa : supported_isas()) {
     set_isa(isa);
     std::printf("checking the %s kernels\n", isa_name(isa));
-    check_bf16();
+    check_16bit<bf16>();
+    check_16bit<f16>();
     for (auto& s : shapes)
       for (Mode mode : modes)
         for (int variant = 0; variant < 4; ++variant) {

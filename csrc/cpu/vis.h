@@ -50,7 +50,7 @@ template <class T>
 inline T keep_if(bool keep, T w) {
   using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
                                   std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
-  static_assert(sizeof(Bits) == sizeof(T), "bfloat16, float or double");
+  static_assert(sizeof(Bits) == sizeof(T), "a 16-bit type, float or double");
   Bits bits;
   std::memcpy(&bits, &w, sizeof bits);
   bits &= Bits(0) - Bits(keep);
@@ -68,8 +68,8 @@ inline T effective(const Vis<T>& v, int64_t i, T w, unsigned task) {
   } else if constexpr (R == Rule::binary) {
     return keep_if(v.binary[i] != 0, w);
   } else if constexpr (R == Rule::soft) {
-    if constexpr (std::is_same_v<T, bf16>)
-      return to_bf16(widen(w) * widen(v.soft[i]));
+    if constexpr (is_16bit_v<T>)
+      return narrow<T>(widen(w) * widen(v.soft[i]));
     else
       return w * v.soft[i];
   } else if constexpr (R == Rule::bits) {

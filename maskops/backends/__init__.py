@@ -29,7 +29,7 @@ AUTOMATIC = _C.backends["automatic"]
 
 # The dtypes the native kernels run (csrc/cpu, csrc/cuda); other dtypes go to a Python backend.
 NATIVE_DTYPES = {
-    "cpu": (torch.float32, torch.float64, torch.bfloat16),
+    "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     "cuda": (torch.float16, torch.bfloat16, torch.float32),
 }
 _PYTHON_MODULES = {"torch": "maskops.backends.torch_backend",

@@ -19,7 +19,7 @@ from maskops.modes import Mode
 from tests.helpers import (assert_close_all, assert_no_worse_than_reference, grads, owner_map,
                            upcast)
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -65,14 +65,14 @@ def linear_problems(draw):
 def _check_against_reference(op, args, dtype):
     """Runs op(module, *args) (args: x, w, bias, out_mask, mask or None) with the cpu backend
     and with the reference; compares outputs and gradients and returns the cpu backend's.
-    bf16: against the fp32 reference of the same values, at most twice as far off as the
-    reference computed in bf16."""
+    16-bit types: against the fp32 reference of the same values, at most twice as far off as
+    the reference computed in the 16-bit type."""
     with maskops.use_backend("cpu"):
         y = op(maskops, *args)
         got = [y] + grads(y, args)
     y = op(reference, *args)
     expected = [y] + grads(y, args)
-    if dtype == torch.bfloat16:
+    if dtype.itemsize == 2:
         exact_args = [upcast(a) for a in args]
         y = op(reference, *exact_args)
         assert_no_worse_than_reference(got, expected, [y] + grads(y, exact_args, values_of=dtype))
@@ -316,8 +316,9 @@ def test_ops_reject_bad_arguments():
     bad[-1] = 9  # a routing of another batch: refused before any row is read
     with pytest.raises(ValueError, match="not a routing of this batch"):
         ops.task_linear(x, w, owner, 0, routing.task, routing.order, bad, None, None, CPU)
-    with pytest.raises(RuntimeError, match="does not support torch.float16 tensors on cpu"):
-        ops.task_linear(x.half(), w.half(), owner, 1, *none, None, None, CPU)
+    fp8 = torch.float8_e4m3fn
+    with pytest.raises(RuntimeError, match="does not support torch.Float8_e4m3fn tensors on cpu"):
+        ops.task_linear(x.to(fp8), w.to(fp8), owner, 1, *none, None, None, CPU)
 
 
 def test_the_cpu_backend_needs_no_python():

@@ -13,7 +13,8 @@ from tests.helpers import owner_map
 def test_claims():
     assert backends.available("torch") and backends.available("cpu")
     assert backends.supports("cpu", "cpu", torch.float64)
-    assert not backends.supports("cpu", "cpu", torch.float16)
+    assert backends.supports("cpu", "cpu", torch.float16)
+    assert not backends.supports("cpu", "cpu", torch.complex64)
     assert not backends.supports("cpu", "cuda", torch.float32)
     assert backends.supports("torch", "cpu", torch.bfloat16)
     assert backends.available("cuda") == (bool(maskops._C.with_cuda) and torch.cuda.is_available())
@@ -44,8 +45,8 @@ def test_the_chosen_backend_runs(monkeypatch):
     assert calls == []
     with maskops.use_backend("torch"):
         maskops.task_linear(x, w, owner, 1)
-    maskops.task_linear(x.half(), w.half(), owner, 1)  # automatic, float16: torch
-    assert calls == [1, 1]
+    maskops.task_linear(x.half(), w.half(), owner, 1)  # automatic, float16 on the CPU: cpu
+    assert calls == [1]
 
 
 def test_an_explicit_backend_that_cannot_run_the_tensors_says_so():
