@@ -1,7 +1,7 @@
 """Backends: which implementation runs a maskops op.
 
     torch   maskops/backends/torch_backend.py: the reference semantics through ATen (any device)
-    cpu     csrc/cpu through maskops._C (CPU, float32/float64)
+    cpu     csrc/cpu through maskops._C (CPU, float32/float64/bfloat16/float16)
     triton  maskops/triton through maskops/backends/triton_backend.py (CUDA; CPU tensors
             under TRITON_INTERPRET=1)
     cuda    csrc/cuda through maskops._C (CUDA, when built with it)
