@@ -72,10 +72,10 @@ struct Simd<float> {
     _mm512_store_ps(lanes, s);
     return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
   }
-  // A plain load, then the selection: the load need not wait for the mask.
   static MASKOPS_INLINE V load(const f16* p) {
     return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
+  // A plain load, then the selection: the load need not wait for the mask.
   template <class W>
   static MASKOPS_INLINE Block select(Keep k, const W* p) { return {{_mm512_maskz_mov_ps(k, load(p))}}; }
 };
