@@ -51,6 +51,14 @@ std::vector<Isa> supported_isas() {
   return out;
 }
 
+bool cpu_has_fp16_arithmetic() {
+#ifdef MASKOPS_HAVE_X86_KERNELS
+  return __builtin_cpu_supports("avx512fp16");
+#else
+  return false;
+#endif
+}
+
 Isa active_isa() { return Isa(active.load(std::memory_order_relaxed)); }
 
 Isa set_isa(Isa isa) {

@@ -24,4 +24,8 @@ Isa active_isa();
 // Use `isa`, or the best supported one below it; returns the one now active.
 Isa set_isa(Isa isa);
 
+// Whether the CPU computes in fp16 natively (AVX-512 FP16), so that fp16 matrix products run
+// at least as fast as fp32 ones.
+bool cpu_has_fp16_arithmetic();
+
 }  // namespace maskops::cpu
