@@ -116,6 +116,15 @@ void aten_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     out.addmm_(view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b), beta, 1);
 }
 
+// Runs fn(W{}) with W the 16-bit type of `t` (cpu::bf16 or cpu::f16).
+template <class F>
+void for_16bit_dtype(const Tensor& t, F&& fn) {
+  if (t.scalar_type() == at::kBFloat16)
+    fn(cpu::bf16{});
+  else
+    fn(cpu::f16{});
+}
+
 // Runs fn(T{}) with T the floating type of `t` (float or double).
 template <class F>
 void for_dtype(const Tensor& t, F&& fn) {
@@ -148,6 +157,10 @@ Tensor rows_of(const Tensor& t, const ImageGroup& g) {
   return g.index.defined() ? t.index_select(0, g.index) : t;
 }
 
+bool is_16bit(const Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
 // A contiguous tensor shaped like `t` in memory this thread reuses from call to call: a fresh
 // weight-sized allocation page-faults on every call (a 32 MB copy: 16 ms, as long as the
 // bfloat16 product it feeds, M = 256, N = K = 4096).  Valid until the thread's next call.
@@ -169,17 +182,11 @@ Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
     cpu::mask_array<T>(ptr<T>(weight), vis_of<T>(s, bits), unsigned(task), weight.numel(),
                        ptr<T>(out));
   };
-  if (weight.scalar_type() == at::kBFloat16)
-    mask(cpu::bf16{});
-  else if (weight.scalar_type() == at::kHalf)
-    mask(cpu::f16{});
+  if (is_16bit(weight))
+    for_16bit_dtype(weight, mask);
   else
     for_dtype(weight, mask);
   return out;
-}
-
-bool is_16bit(const Tensor& t) {
-  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
 // The selection of a 16-bit call as the fp32 kernels take it (a floating mask in fp32).
@@ -354,8 +361,8 @@ cpu::Epilogue<T> epilogue_of(const Tensor& bias, const Tensor& out_mask, int64_t
 // 110 ms).
 Tensor half_products(const Tensor& x, const Tensor& weight, const Selection& s,
                      int64_t rows_per_sample, const OptTensor& bias, const OptTensor& out_mask) {
-  const bool in_fp32 = x.scalar_type() == at::kHalf && !cpu::cpu_has_fp16_arithmetic();
-  const auto as_product = [&](const Tensor& t) { return in_fp32 ? t.to(at::kFloat) : t; };
+  const bool widen = x.scalar_type() == at::kHalf && !cpu::cpu_has_fp16_arithmetic();
+  const auto as_product = [&](const Tensor& t) { return widen ? t.to(at::kFloat) : t; };
   const OptTensor b = bias.has_value() ? OptTensor(as_product(*bias)) : std::nullopt;
   std::vector<std::pair<ImageGroup, Tensor>> parts;
   for (const ImageGroup& group : image_groups(s, x.size(0), rows_per_sample))
@@ -381,16 +388,12 @@ class CpuKernels final : public Kernels {
       const Tensor xf = x.to(at::kFloat), bias_f = bias.has_value() ? bias->to(at::kFloat) : Tensor(),
                    mask_f = out_mask.has_value() ? out_mask->to(at::kFloat) : Tensor();
       Tensor y = at::empty({M, N}, xf.options());
-      auto run = [&](auto zero) {
+      for_16bit_dtype(x, [&](auto zero) {
         using W = decltype(zero);
         cpu::linear_forward_fused<W>(xf.data_ptr<float>(), M, K, ptr<W>(weight), N,
                                      vis_of<W>(s, bits), groups, blocks.get(),
                                      epilogue_of<float>(bias_f, mask_f, N), y.data_ptr<float>());
-      };
-      if (x.scalar_type() == at::kBFloat16)
-        run(cpu::bf16{});
-      else
-        run(cpu::f16{});
+      });
       return y.to(x.scalar_type());
     }
     Tensor y = at::empty({M, N}, x.options());

@@ -22,18 +22,23 @@ struct KRange {
   bool full = false;
 };
 
+// Calls f(std::integral_constant<int, rows>{}) for rows in 1..N; nothing otherwise.
+template <int N, class F>
+inline void with_rows_up_to(int64_t rows, F&& f) {
+  if constexpr (N > 0) {
+    if (rows == N)
+      f(std::integral_constant<int, N>{});
+    else
+      with_rows_up_to<N - 1>(rows, f);
+  }
+}
+
 // Calls f(RuleConstant<R>{}, std::integral_constant<int, MB>{}) with the rule of `v` and
 // MB = rows (1..kFewRows); nothing for 0 rows.
 template <class T, class F>
 void with_rule_and_rows(const Vis<T>& v, int64_t rows, F&& f) {
   with_rule(v, [&](auto rule) {
-    switch (rows) {
-      case 0: break;
-      case 1: f(rule, std::integral_constant<int, 1>{}); break;
-      case 2: f(rule, std::integral_constant<int, 2>{}); break;
-      case 3: f(rule, std::integral_constant<int, 3>{}); break;
-      default: f(rule, std::integral_constant<int, 4>{}); break;
-    }
+    with_rows_up_to<int(kFewRows)>(rows, [&](auto mb) { f(rule, mb); });
   });
 }
 

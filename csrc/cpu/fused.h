@@ -19,17 +19,6 @@ namespace {
 
 constexpr int kStep = 16;
 
-// f(std::integral_constant<int, rows>{}) for rows in 1..N.
-template <int N, class F>
-inline void with_rows_up_to(int64_t rows, F&& f) {
-  if constexpr (N > 0) {
-    if (rows == N)
-      f(std::integral_constant<int, N>{});
-    else
-      with_rows_up_to<N - 1>(rows, f);
-  }
-}
-
 // Masked rows ask for their weights 1 KB ahead: the hardware alone fed them more slowly than
 // unmasked rows (measured, AMD EPYC with AVX-512, M = 1, N = K = 4096, 1 thread, median of 25
 // interleaved runs: 1-bit maps 3.4 -> 3.0 ms, unmasked rows 2.2 ms).
