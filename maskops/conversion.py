@@ -1,18 +1,22 @@
-"""maskops.convert: turn the Linear/Conv2d layers of a model into masked layers, in place, and
-say what was left.
+"""maskops.convert: turn the Linear/Conv2d/MultiheadAttention layers of a model into masked
+layers, in place, and say what was left.
 
-Exact nn.Linear / nn.Conv2d become MaskedLinear / MaskedConv2d.  Subclasses are converted too:
+Exact nn.Linear / nn.Conv2d / nn.MultiheadAttention become MaskedLinear / MaskedConv2d /
+MaskedMultiheadAttention.  Subclasses are converted too:
 - a subclass whose forward is the torch one (torch's NonDynamicallyQuantizableLinear, or one
   listed in PLAIN_FORWARD, such as timm's Linear) becomes a class derived from both the masked
   layer and the subclass;
-- any other subclass (its forward transforms the weight or the input: timm's StdConv2d,
-  ScaledStdConv2d, Conv2dSame) keeps its own forward, run on weight * visible, and each
-  linear/conv2d call in it with a weight of the layer's shape runs as the masked op (see
+- any other Linear/Conv2d subclass (its forward transforms the weight or the input: timm's
+  StdConv2d, ScaledStdConv2d, Conv2dSame) keeps its own forward, run on weight * visible, and
+  each linear/conv2d call in it with a weight of the layer's shape runs as the masked op (see
   WeightTransformingLayer).
+Modules that pass their children's weights to F.linear instead of calling the children
+(torchvision's Swin attention, listed in READS_CHILD_WEIGHTS) run their forward with those
+calls turned into the children's masked ops (ChildWeightReader).
 A class with `maskops_keep_plain = True` is left plain on purpose (PackNet's task heads).
-Weights that no masked op serves are reported: nn.MultiheadAttention's projections (its forward
-reads in_proj_weight and out_proj.weight directly, so out_proj is not converted either), and
-every other module holding a parameter of two or more dimensions (nn.Embedding, nn.Conv1d, ...).
+Layer weights that no masked op serves (nn.Embedding, nn.Conv1d, ...) are reported as left;
+other parameters of two or more dimensions (class tokens, position embeddings, bias tables) as
+unmasked.
 """
 from __future__ import annotations
 
@@ -24,62 +28,84 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from maskops import ops, reference
+from maskops.attention import MaskedMultiheadAttention
 from maskops.nn import MaskedConv2d, MaskedLinear, TaskMaskedLayer
 from maskops.routing import Routing
 
-_EXACT = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+_EXACT = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d,
+          nn.MultiheadAttention: MaskedMultiheadAttention}
 
 # Subclasses that override forward but compute exactly what the torch layer computes (timm's
 # Linear only adds a cast under TorchScript), by module and qualified name: converted like the
 # torch classes, with no per-call cost.
 PLAIN_FORWARD = {"timm.layers.linear.Linear"}
 
+# Modules whose forward hands their children's weights to F.linear/F.conv2d without calling the
+# children, by module and qualified name.
+READS_CHILD_WEIGHTS = {"torchvision.models.swin_transformer.ShiftedWindowAttention",
+                       "torchvision.models.swin_transformer.ShiftedWindowAttentionV2"}
+
 
 class ConversionReport(NamedTuple):
     """What convert did to a model, by module or parameter name."""
     converted: dict  # name -> the masked class
-    left: dict       # name -> why no masked op serves it
+    left: dict       # name -> why no masked op serves this layer weight
     kept: dict       # name -> the class that asked to stay plain
+    unmasked: dict   # name -> the class holding a parameter that is not a layer weight
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.converted)} layers"]
         lines += [f"left {name}: {why}" for name, why in self.left.items()]
         lines += [f"kept plain {name}: {cls}" for name, cls in self.kept.items()]
+        lines += [f"not a layer weight, unmasked: {name} ({cls})" for name, cls in self.unmasked.items()]
         return "\n".join(lines)
 
 
-class _MaskedCalls(TorchFunctionMode):
-    """Inside a WeightTransformingLayer's forward: linear/conv2d calls with a weight of the
-    layer's shape run as task_linear/task_conv2d with the layer's owner and task."""
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
-    def __init__(self, layer: "WeightTransformingLayer"):
+
+class _MaskedCalls(TorchFunctionMode):
+    """linear/conv2d calls whose weight `layer_of(weight)` names a masked layer run as that
+    layer's task_linear/task_conv2d, with its owner, task and out_mask."""
+
+    def __init__(self, layer_of):
         super().__init__()
-        self.layer = layer
+        self.layer_of = layer_of
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         call = _CALLS.get(func)
         if call is not None:
-            out = call(self.layer, *args, **kwargs)
-            if out is not None:
-                return out
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            layer = self.layer_of(weight)
+            if layer is not None:
+                return call(layer, *args, **kwargs)
         return func(*args, **kwargs)
 
 
 def _linear(layer, input, weight, bias=None):
-    if weight.shape != layer.owner.shape:
-        return None
     return ops.task_linear(input, weight, layer.owner, layer.task, bias, out_mask=layer.out_mask)
 
 
 def _conv2d(layer, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    if weight.shape != layer.owner.shape:
-        return None
     return ops.task_conv2d(input, weight, layer.owner, layer.task, bias, stride, padding, dilation,
                            groups, out_mask=layer.out_mask)
 
 
 _CALLS = {torch.nn.functional.linear: _linear, torch.nn.functional.conv2d: _conv2d}
+
+
+class ChildWeightReader:
+    """Mixin for a module whose forward passes its children's weights to F.linear/F.conv2d
+    (READS_CHILD_WEIGHTS): those calls run as the children's masked ops.  The children are
+    converted as usual and take the task set on them."""
+
+    def forward(self, *args, **kwargs):
+        children = {id(m.weight): m for m in self.modules()
+                    if isinstance(m, (MaskedLinear, MaskedConv2d))}
+        with _MaskedCalls(lambda weight: children.get(id(weight))):
+            return super().forward(*args, **kwargs)
 
 
 class WeightTransformingLayer(TaskMaskedLayer):
@@ -102,7 +128,7 @@ class WeightTransformingLayer(TaskMaskedLayer):
         weight = self._parameters["weight"]
         self._parameters["weight"] = weight * reference.visible(self.owner, self.task).to(weight.dtype)
         try:
-            with _MaskedCalls(self):
+            with _MaskedCalls(lambda w: self if w.shape == self.owner.shape else None):
                 return super().forward(*args, **kwargs)
         finally:
             self._parameters["weight"] = weight
@@ -112,7 +138,7 @@ _SUBCLASSES: dict = {}
 
 
 def _computes_plain(cls: type, base: type) -> bool:
-    if f"{cls.__module__}.{cls.__qualname__}" in PLAIN_FORWARD:
+    if _qualified(cls) in PLAIN_FORWARD:
         return True
     if base is nn.Conv2d and cls._conv_forward is not nn.Conv2d._conv_forward:
         return False
@@ -123,52 +149,54 @@ def masked_class(cls: type) -> Optional[type]:
     """The class a module of class `cls` becomes under convert, or None."""
     if cls in _EXACT:
         return _EXACT[cls]
-    if issubclass(cls, TaskMaskedLayer) or getattr(cls, "maskops_keep_plain", False):
-        return None
-    base = next((b for b in _EXACT if issubclass(cls, b)), None)
-    if base is None:
+    if issubclass(cls, (TaskMaskedLayer, ChildWeightReader)) or getattr(cls, "maskops_keep_plain", False):
         return None
     if cls not in _SUBCLASSES:
-        mixin = _EXACT[base] if _computes_plain(cls, base) else WeightTransformingLayer
+        base = next((b for b in _EXACT if issubclass(cls, b)), None)
+        if _qualified(cls) in READS_CHILD_WEIGHTS:
+            mixin = ChildWeightReader
+        elif base is None or (base is nn.MultiheadAttention and not _computes_plain(cls, base)):
+            return None
+        else:
+            mixin = _EXACT[base] if _computes_plain(cls, base) else WeightTransformingLayer
         _SUBCLASSES[cls] = type(f"Masked{cls.__name__}", (mixin, cls),
                                 {"__module__": __name__, "plain_class": cls})
     return _SUBCLASSES[cls]
 
 
-def _read_directly(model: nn.Module) -> dict:
-    """Modules whose parent reads their weight without calling them, by id -> why."""
-    found = {}
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
-            found[id(module.out_proj)] = ("nn.MultiheadAttention reads out_proj.weight directly; "
-                                          "attention projections are not masked")
-    return found
-
-
 def _plan(model: nn.Module) -> tuple:
     """[(module, masked class)] to convert, and the report of the converted model."""
-    read_directly = _read_directly(model)
-    todo, converted, left, kept = [], {}, {}, {}
+    todo, converted, left, kept, unmasked = [], {}, {}, {}, {}
+    # An attention layer left plain reads out_proj.weight without calling out_proj.
+    read_directly = {id(m.out_proj) for m in model.modules()
+                     if isinstance(m, nn.MultiheadAttention) and masked_class(type(m)) is None
+                     and not isinstance(m, TaskMaskedLayer)}
     for name, module in model.named_modules():
         cls = type(module)
-        if isinstance(module, TaskMaskedLayer):
-            converted[name] = cls.__name__
-            continue
-        if id(module) in read_directly:
-            left[name] = read_directly[id(module)]
-            continue
         target = masked_class(cls)
-        if target is not None:
+        masked = ()
+        if id(module) in read_directly:
+            left[name] = "its MultiheadAttention (left: own forward) reads out_proj.weight directly"
+            continue
+        elif isinstance(module, (TaskMaskedLayer, ChildWeightReader)):
+            converted[name] = cls.__name__
+            masked = module.masked_weights() if isinstance(module, TaskMaskedLayer) else ()
+        elif target is not None:
             todo.append((module, target))
             converted[name] = target.__name__
+            masked = target.masked_weights(module) if issubclass(target, TaskMaskedLayer) else ()
         elif getattr(cls, "maskops_keep_plain", False):
             kept[name] = cls.__name__
-        else:
-            for pname, p in module.named_parameters(recurse=False):
-                if p.dim() >= 2:
-                    left[f"{name}.{pname}" if name else pname] = (
-                        f"{cls.__name__}: no masked op serves it")
-    return todo, ConversionReport(converted, left, kept)
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if p.dim() < 2 or pname in masked:
+                continue
+            full = f"{name}.{pname}" if name else pname
+            if pname.endswith("weight") and not converted.get(name):
+                left[full] = f"{cls.__name__}: no masked op serves it"
+            else:
+                unmasked[full] = cls.__name__
+    return todo, ConversionReport(converted, left, kept, unmasked)
 
 
 def conversion_report(model: nn.Module) -> ConversionReport:
@@ -177,8 +205,8 @@ def conversion_report(model: nn.Module) -> ConversionReport:
 
 
 def convert(model: nn.Module, *, strict: bool = False) -> nn.Module:
-    """Turn every nn.Linear / nn.Conv2d of `model` (subclasses included) into a masked layer,
-    in place, and return `model`.
+    """Turn every nn.Linear / nn.Conv2d / nn.MultiheadAttention of `model` (subclasses
+    included) into a masked layer, in place, and return `model`.
 
     The modules keep their identity, Parameters, hooks and device; each gets an `owner` of 1s,
     so the model's outputs are unchanged.  Weights left unmasked (see conversion_report) give a
@@ -192,6 +220,9 @@ def convert(model: nn.Module, *, strict: bool = False) -> nn.Module:
             raise ValueError(message)
         warnings.warn(message, stacklevel=2)
     for module, target in todo:
+        if isinstance(module, TaskMaskedLayer):  # an attention layer converted its out_proj
+            continue
         module.__class__ = target
-        module._init_task_state()
+        if isinstance(module, TaskMaskedLayer):
+            module._init_task_state()
     return model

@@ -39,9 +39,22 @@ def _routed(task, device):
     return task
 
 
+def owner_name(weight_name: str) -> str:
+    """The owner buffer of a masked weight: weight -> owner, in_proj_weight -> in_proj_owner."""
+    return weight_name[:-len("weight")] + "owner"
+
+
 class TaskMaskedLayer:
-    """Owner buffer, task and out_mask of every masked layer (also the subclasses convert
-    makes).  `plain_class` is the torch class a layer was converted from."""
+    """Owner buffers, task and out_mask of every masked layer (also the subclasses convert
+    makes).  `plain_class` is the torch class a layer was converted from; `masked_weights()`
+    names the Parameters the layer masks, each with the owner buffer `owner_name(name)`."""
+
+    def masked_weights(self) -> tuple:
+        return ("weight",)
+
+    def masked_pairs(self) -> list:
+        """[(weight, owner)] of every weight this layer masks."""
+        return [(getattr(self, name), getattr(self, owner_name(name))) for name in self.masked_weights()]
 
     @property
     def task(self) -> Union[int, Routing]:
@@ -49,25 +62,28 @@ class TaskMaskedLayer:
 
     @task.setter
     def task(self, value):
-        self._task = _routed(value, self.weight.device)
+        self._task = _routed(value, getattr(self, self.masked_weights()[0]).device)
 
     def _init_task_state(self):
-        self.register_buffer("owner", torch.ones(self.weight.shape, dtype=torch.uint8,
-                                                 device=self.weight.device))
+        for name in self.masked_weights():
+            weight = getattr(self, name)
+            self.register_buffer(owner_name(name), torch.ones(weight.shape, dtype=torch.uint8,
+                                                              device=weight.device))
         self.task = 1
         self.out_mask = None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        key = prefix + "owner"
-        if key not in state_dict:
-            state_dict = dict(state_dict)
-            state_dict[key] = torch.ones_like(self.owner)
-        elif not _is_owner_map(state_dict[key]):
-            error_msgs.append(f"{key}: an owner map holds task ids 0..{MAX_TASK} as integers; got "
-                              f"a {state_dict[key].dtype} tensor that does not (it would not load "
-                              f"as uint8 unchanged)")
-            state_dict = {k: v for k, v in state_dict.items() if k != key}
+        for name in self.masked_weights():
+            key = prefix + owner_name(name)
+            if key not in state_dict:
+                state_dict = dict(state_dict)
+                state_dict[key] = torch.ones_like(getattr(self, owner_name(name)))
+            elif not _is_owner_map(state_dict[key]):
+                error_msgs.append(f"{key}: an owner map holds task ids 0..{MAX_TASK} as integers; "
+                                  f"got a {state_dict[key].dtype} tensor that does not (it would "
+                                  f"not load as uint8 unchanged)")
+                state_dict = {k: v for k, v in state_dict.items() if k != key}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -111,7 +127,7 @@ def set_task(model: nn.Module, task) -> nn.Module:
     of `model`.  A task tensor is checked and routed once here, for all layers."""
     layers = [m for m in model.modules() if isinstance(m, TaskMaskedLayer)]
     if layers:
-        task = _routed(task, layers[0].weight.device)
+        task = _routed(task, layers[0].masked_pairs()[0][0].device)
     for module in layers:
         module.task = task
     return model

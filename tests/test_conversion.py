@@ -124,12 +124,26 @@ def test_weight_transforming_layer_refuses_per_sample_tasks():
         layer(torch.randn(2, 3, 5, 5))
 
 
-def test_attention_and_other_weights_are_reported_not_converted():
-    model = nn.Sequential(nn.Embedding(10, 16), nn.MultiheadAttention(16, 2, batch_first=True), nn.Linear(16, 4))
+class OwnAttention(nn.MultiheadAttention):
+    def forward(self, query, key, value, **kwargs):  # a forward of its own: not converted
+        return super().forward(query, key, value, **kwargs)
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 16))
+
+
+def test_unserved_weights_are_reported_not_converted():
+    model = nn.Sequential(nn.Embedding(10, 16), OwnAttention(16, 2, batch_first=True), nn.Linear(16, 4),
+                          Tokens(), nn.MultiheadAttention(16, 2))
     report = maskops.conversion_report(model)
     assert set(report.left) == {"0.weight", "1.in_proj_weight", "1.out_proj"}
-    assert "MultiheadAttention" in report.left["1.out_proj"]
-    assert report.converted == {"2": "MaskedLinear"}
+    assert "reads out_proj.weight directly" in report.left["1.out_proj"]
+    assert report.unmasked == {"3.token": "Tokens"}  # not a layer weight: listed, not "left"
+    assert report.converted == {"2": "MaskedLinear", "4": "MaskedMultiheadAttention",
+                                "4.out_proj": "MaskedNonDynamicallyQuantizableLinear"}
     with pytest.raises(ValueError, match="in_proj_weight"):
         maskops.convert(model, strict=True)
     assert type(model[2]) is nn.Linear  # strict refused before changing anything
@@ -137,7 +151,8 @@ def test_attention_and_other_weights_are_reported_not_converted():
         maskops.convert(model)
     assert type(model[1].out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
     assert isinstance(model[2], maskops.nn.MaskedLinear)
-    assert maskops.conversion_report(model).converted == {"2": "MaskedLinear"}
+    assert maskops.conversion_report(model).converted == report.converted
+    assert "not a layer weight, unmasked: 3.token (Tokens)" in str(report)
 
 
 def test_a_class_can_stay_plain():

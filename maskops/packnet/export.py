@@ -8,7 +8,7 @@ from torch import nn
 
 from maskops import reference
 from maskops.conversion import WeightTransformingLayer
-from maskops.nn import TaskMaskedLayer
+from maskops.nn import TaskMaskedLayer, owner_name
 from maskops.packnet.modules import PLAIN_BATCHNORM, TaskHeads
 
 
@@ -46,9 +46,10 @@ def plain_copy(model: nn.Module, task: int, values: dict[tuple[str, str], torch.
 
 
 def _plain_layer(layer: nn.Module, task: int) -> None:
-    weight = layer.weight
-    weight.mul_(reference.visible(layer.owner, task).to(weight.dtype))
+    for weight, owner in layer.masked_pairs():
+        weight.mul_(reference.visible(owner, task).to(weight.dtype))
     if layer.out_mask is not None:
+        weight = layer.weight
         # (x W^T + b) * m = x (m W)^T + m b for a per-channel mask; a per-sample one cannot be folded.
         if layer.out_mask.dim() != 1:
             raise ValueError("export needs out_mask to be None or per channel (1-D), not per sample")
@@ -56,7 +57,8 @@ def _plain_layer(layer: nn.Module, task: int) -> None:
         weight.mul_(scale.reshape(-1, *([1] * (weight.dim() - 1))))
         if layer.bias is not None:
             layer.bias.mul_(scale)
-    del layer._buffers["owner"]
-    for attribute in ("task", "out_mask"):
+    for name in layer.masked_weights():
+        del layer._buffers[owner_name(name)]
+    for attribute in ("_task", "out_mask", "_owner_views"):
         layer.__dict__.pop(attribute, None)
     layer.__class__ = type(layer).plain_class

@@ -103,10 +103,11 @@ class PackNet:
         self._batchnorms = convert_batchnorm(model)
         self._layers = [m for m in model.modules() if isinstance(m, TaskMaskedLayer)]
         self._heads = [m for m in model.modules() if isinstance(m, TaskHeads)]
+        self._masked = [MaskedWeight(layer, name) for layer in self._layers
+                        for name in layer.masked_weights()]
         with torch.no_grad():
-            for layer in self._layers:
-                layer.owner.zero_()
-        self._masked = [MaskedWeight(layer) for layer in self._layers]
+            for weight in self._masked:
+                weight.owner.zero_()
         self._per_task: list[PerTask] = []
         self._owned: list[Owned] = []
         self._track_whole_tensors()
@@ -143,15 +144,15 @@ class PackNet:
         for heads in self._heads:
             if task > len(heads.heads):
                 raise ValueError(f"task {task} has no head: TaskHeads has {len(heads.heads)}")
-        free = sum(int((layer.owner == 0).sum()) for layer in self._layers)
-        if self._layers and free == 0:
+        free = sum(int((weight.owner == 0).sum()) for weight in self._masked)
+        if self._masked and free == 0:
             warnings.warn(f"task {task} starts with no free weight; call prune() before end_task()",
                           RuntimeWarning, stacklevel=2)
         self._restore_all()
         for tracked in self._per_task:
             tracked.add_task()
-        for layer in self._layers:
-            layer.owner.masked_fill_(layer.owner == 0, task)
+        for weight in self._masked:
+            weight.owner.masked_fill_(weight.owner == 0, task)
         self._num_tasks, self._active = task, task
         self._select(task)
         for weight in self._masked:
@@ -166,26 +167,28 @@ class PackNet:
         n units the task owns weights in are pruned per layer: the task's weights there are
         set to zero and given back (owner 0).  Units are ranked by the RMS of the task's
         weights in them; ties go to the lower index.  Default ratio: the constructor's for
-        this task.  Returns the number of weights pruned per layer name.
+        this task.  Returns the number of weights pruned per layer name (per weight name,
+        `layer.in_proj_weight`, for the projections of an attention layer).
         """
         task = self._require_active("prune")
         ratio = self._ratio(task) if ratio is None else _check_ratio(ratio)
         names = self._module_names()
         pruned = {}
-        for layer, weight in zip(self._layers, self._masked):
-            mine = layer.owner == task
-            drop = pruned_units(layer.weight.detach(), mine, self._unit(layer), ratio) & mine
-            layer.owner.masked_fill_(drop, 0)
-            layer.weight.masked_fill_(drop, 0)
+        for weight in self._masked:
+            mine = weight.owner == task
+            drop = pruned_units(weight.live.detach(), mine, self._unit(weight.live), ratio) & mine
+            weight.owner.masked_fill_(drop, 0)
+            weight.live.masked_fill_(drop, 0)
             weight.protect(task)
-            pruned[names[id(layer)]] = int(drop.sum())
+            name = names[id(weight.module)]
+            pruned[name if weight.name == "weight" else _key(name, weight.name)] = int(drop.sum())
         return pruned
 
-    def _unit(self, layer) -> tuple:
-        """The (rows, columns) of a pruning unit in the layer's 2-D view."""
+    def _unit(self, weight: torch.Tensor) -> tuple:
+        """The (rows, columns) of a pruning unit in the weight's 2-D view."""
         if self.structure == "weight":
             return 1, 1
-        rows, columns = layer.weight.shape[0], layer.weight[0].numel()
+        rows, columns = weight.shape[0], weight[0].numel()
         if self.structure == "channel":
             return 1, columns
         return self.block or default_block(rows, columns)
@@ -212,8 +215,8 @@ class PackNet:
             if self._per_task:
                 raise ValueError("per-sample tasks need PackNet(..., bias='frozen', batchnorm='frozen'): "
                                  "per-task biases and BatchNorm hold one task at a time")
-            weight = next(iter(self._layers), None)
-            task = route(task, None if weight is None else weight.weight.device)
+            weight = next(iter(self._masked), None)
+            task = route(task, None if weight is None else weight.live.device)
             present = np.flatnonzero(np.diff(task.offsets.numpy()))
             if present.size:
                 self._check_task(int(present.max()))
@@ -225,8 +228,8 @@ class PackNet:
     def usage(self) -> dict[int, int]:
         """Number of masked weights owned by each task (0: free)."""
         counts: dict[int, int] = {}
-        for layer in self._layers:
-            values, sizes = torch.unique(layer.owner, return_counts=True)
+        for weight in self._masked:
+            values, sizes = torch.unique(weight.owner, return_counts=True)
             for value, size in zip(values.tolist(), sizes.tolist()):
                 counts[value] = counts.get(value, 0) + size
         return dict(sorted(counts.items()))
@@ -283,10 +286,10 @@ class PackNet:
                                  f"{payload['num_tasks']} tasks")
             tracked.load_state(stored[key])
         net._num_tasks, net._active = payload["num_tasks"], payload["active"]
-        for layer in net._layers:
-            if layer.owner.numel() and int(layer.owner.max()) > net._num_tasks:
+        for weight in net._masked:
+            if weight.owner.numel() and int(weight.owner.max()) > net._num_tasks:
                 raise ValueError(f"{path!r} is not a valid maskops PackNet checkpoint: an owner "
-                                 f"names task {int(layer.owner.max())} of {net._num_tasks}")
+                                 f"names task {int(weight.owner.max())} of {net._num_tasks}")
         with torch.no_grad():
             if payload["task"] is not None:
                 net._select(payload["task"])
@@ -298,7 +301,7 @@ class PackNet:
 
     def _track_whole_tensors(self) -> None:
         """Sort every tensor that is not a masked weight into PerTask or Owned."""
-        masked_weights = {id(layer.weight) for layer in self._layers}
+        masked_weights = {id(weight.live) for weight in self._masked}
         head_task = {id(head): t for heads in self._heads for t, head in enumerate(heads.heads, 1)}
         batchnorms = {id(bn) for bn in self._batchnorms}
         seen = set(masked_weights)

@@ -1,6 +1,6 @@
 """The tensors PackNet protects, and how each one is put back after an optimizer step.
 
-    MaskedWeight  a masked layer's weight, owned element by element (the `owner` map):
+    MaskedWeight  a masked layer's weight, owned element by element (its owner map):
                   every entry outside the task being trained keeps the value it had at
                   the last task transition (pruned entries: zero).
     PerTask       a tensor with one value per task (biases and BatchNorm under the
@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from maskops.nn import owner_name
 
 
 def _like(stored: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -44,10 +46,14 @@ class _Tracked:
 
 
 class MaskedWeight(_Tracked):
-    def __init__(self, layer: nn.Module):
-        super().__init__(layer, "weight")
+    def __init__(self, layer: nn.Module, name: str = "weight"):
+        super().__init__(layer, name)
         self._keep: Optional[torch.Tensor] = None    # bool, where to restore; None: everywhere
         self._values: Optional[torch.Tensor] = None  # restored values; None: nothing protected
+
+    @property
+    def owner(self) -> torch.Tensor:
+        return getattr(self.module, owner_name(self.name))
 
     @torch.no_grad()
     def protect(self, active: Optional[int]) -> None:
@@ -57,7 +63,7 @@ class MaskedWeight(_Tracked):
         if active is None:
             self._keep, self._values = None, weight.clone()
             return
-        self._keep = self.module.owner != active
+        self._keep = self.owner != active
         self._values = weight.masked_select(self._keep)
 
     @torch.no_grad()
