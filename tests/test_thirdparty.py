@@ -1,12 +1,17 @@
 """Models from torchvision and timm: import beside the CPU torch, convert, study."""
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import maskops
 from maskops import thirdparty
 from maskops.bench import models, study
 from maskops.bench.timing import Timing
+from maskops import reference
 from maskops.conversion import WeightTransformingLayer
+from maskops.nn import TaskMaskedLayer
 
 try:
     tv, timm = thirdparty.torchvision(), thirdparty.timm()
@@ -31,11 +36,125 @@ def test_torchvision_model_converts_whole():
     _unchanged_by_convert(model, torch.randn(2, 3, 32, 32))
 
 
-def test_torchvision_attention_is_reported():
-    model = thirdparty.create_model("torchvision:vit_b_16", num_classes=5)
-    left = maskops.conversion_report(model).left
-    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in left
-    assert "MultiheadAttention" in left["encoder.layers.encoder_layer_0.self_attention.out_proj"]
+# The models users bring, built for 32 x 32 inputs where they take an image size.
+COVERAGE = {
+    "torchvision:resnet18": {}, "torchvision:mobilenet_v3_small": {}, "torchvision:efficientnet_b0": {},
+    "torchvision:convnext_tiny": {}, "torchvision:vit_b_16": {"image_size": 32}, "torchvision:swin_t": {},
+    "timm:vit_tiny_patch16_224": {"img_size": 32}, "timm:deit_tiny_patch16_224": {"img_size": 32},
+    "timm:convnext_atto": {}, "timm:mobilevit_xxs": {}, "timm:regnetx_002": {},
+    "timm:levit_128s": {"img_size": 32}, "timm:resnetv2_50x1_bit": {}, "timm:tf_efficientnet_b0": {},
+    "timm:mobilenetv3_small_050": {}, "timm:ghostnet_100": {}, "timm:mobilenetv4_conv_small": {},
+    "timm:poolformer_s12": {}, "timm:resnet18": {},
+}
+
+
+def _build(spec, seed=0):
+    torch.manual_seed(seed)
+    source, _, name = spec.partition(":")
+    kwargs = COVERAGE[spec]
+    if source == "torchvision":
+        model = tv.models.get_model(name, weights=None, num_classes=5, **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
+    with torch.no_grad():  # zero-initialized heads would make every output 0
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def _assert_close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def _task_reference(plain, model, task):
+    """`plain` (the unconverted copy) holding weight * visible(owner, task) in every masked weight."""
+    layers = dict(plain.named_modules())
+    with torch.no_grad():
+        for name, layer in model.named_modules():
+            if isinstance(layer, TaskMaskedLayer):
+                for weight_name, (weight, owner) in zip(layer.masked_weights(), layer.masked_pairs()):
+                    getattr(layers[name], weight_name).copy_(weight * reference.visible(owner, task))
+    return plain
+
+
+@pytest.mark.parametrize("spec", COVERAGE)
+def test_model_converts_whole_and_serves_each_task(spec):
+    model = _build(spec)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert not maskops.conversion_report(model).left
+    plain = copy.deepcopy(model)
+    with torch.no_grad(), maskops.use_backend("cpu"):
+        expected = model(x)
+        maskops.convert(model, strict=True)
+        _assert_close(model(x), expected)
+
+        g = torch.Generator().manual_seed(2)
+        for layer in model.modules():
+            if isinstance(layer, TaskMaskedLayer):
+                for _, owner in layer.masked_pairs():
+                    owner.copy_(torch.randint(0, 3, owner.shape, generator=g))
+        maskops.set_task(model, 2)
+        # A weight transform (BiT's standardization) sees the visible weights only: its own
+        # test covers that; the plain copy would standardize with the hidden ones.
+        if not any(isinstance(m, WeightTransformingLayer) and not isinstance(m, timm.layers.Conv2dSame)
+                   for m in model.modules()):
+            _assert_close(model(x), _task_reference(plain, model, 2)(x))
+
+    net = maskops.PackNet(model, 0.5, bias="frozen", batchnorm="frozen")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+        # Random weights at 32 x 32 give some models huge gradients (efficientnet's squeeze-
+        # excitation: 3e8, in plain torch too); clipping keeps the weights finite.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        model.eval()
+
+    net.begin_task()
+    train_step()
+    net.prune()
+    train_step()
+    net.end_task()
+    net.set_task(1)
+    with torch.no_grad():
+        first = model(x)
+    assert torch.isfinite(first).all()
+    net.begin_task()
+    train_step()
+    net.end_task()
+    net.set_task(1)
+    with torch.no_grad():
+        assert torch.equal(model(x), first)  # zero forgetting, bit for bit
+    net.close()
+
+
+@pytest.mark.parametrize("spec", ["timm:vit_tiny_patch16_224", "torchvision:vit_b_16"])
+def test_vision_transformer_serves_a_mixed_task_batch(spec):
+    model = maskops.convert(_build(spec))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad(), maskops.use_backend("cpu"):
+        for layer in model.modules():
+            if isinstance(layer, TaskMaskedLayer):
+                for _, owner in layer.masked_pairs():
+                    owner.copy_(torch.randint(0, 3, owner.shape, generator=g))
+        tasks = [2, 1, 2]
+        maskops.set_task(model, torch.tensor(tasks))
+        mixed = model(x)
+        for i, task in enumerate(tasks):
+            maskops.set_task(model, task)
+            _assert_close(mixed[i:i + 1], model(x[i:i + 1]))
+
+
+def test_windowed_attention_refuses_per_sample_tasks_clearly():
+    model = maskops.convert(_build("torchvision:swin_t"))
+    maskops.set_task(model, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="batch"):
+        model(torch.randn(2, 3, 32, 32))
 
 
 def test_timm_layer_subclasses_convert():

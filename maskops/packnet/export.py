@@ -9,7 +9,7 @@ from torch import nn
 from maskops import reference
 from maskops.conversion import WeightTransformingLayer
 from maskops.nn import TaskMaskedLayer, owner_name
-from maskops.packnet.modules import PLAIN_BATCHNORM, TaskHeads
+from maskops.packnet.modules import FreezableBatchNorm, TaskHeads
 
 
 def plain_copy(model: nn.Module, task: int, values: dict[tuple[str, str], torch.Tensor]) -> nn.Module:
@@ -32,9 +32,9 @@ def plain_copy(model: nn.Module, task: int, values: dict[tuple[str, str], torch.
         for name, module in list(out.named_modules()):
             if isinstance(module, TaskMaskedLayer):
                 _plain_layer(module, task)
-            elif type(module) in PLAIN_BATCHNORM:
+            elif isinstance(module, FreezableBatchNorm):
                 module.__dict__.pop("frozen", None)
-                module.__class__ = PLAIN_BATCHNORM[type(module)]
+                module.__class__ = module.plain_class
             elif isinstance(module, TaskHeads):
                 head = module.heads[task - 1]
                 head.__class__ = nn.Linear

@@ -11,51 +11,60 @@ from torch import nn
 from maskops.routing import route
 
 
-class _FreezableBatchNorm:
+class FreezableBatchNorm:
     """BatchNorm whose state PackNet keeps per task (or trains with task 1 only).
 
-    While `frozen` is set (a finished task is selected) it normalizes with its
-    running statistics and updates nothing, in train mode too, like torchvision's
-    FrozenBatchNorm2d: a finished task's outputs must not depend on the batch.
+    While `frozen` is set (a finished task is selected) its forward runs as in eval mode, in
+    train mode too, like torchvision's FrozenBatchNorm2d: it normalizes with its running
+    statistics and updates nothing, since a finished task's outputs must not depend on the
+    batch.  Running the layer's own forward keeps what a subclass adds (timm's BatchNormAct2d:
+    the activation after the norm).
     """
 
     frozen = False
 
-    def forward(self, input):
-        if not self.frozen:
-            return super().forward(input)
-        self._check_input_dim(input)
-        # Without running statistics there is nothing to freeze but the affine part.
-        batch_stats = self.running_mean is None
-        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                            batch_stats, 0.0, self.eps)
+    def forward(self, *args, **kwargs):
+        if not (self.frozen and self.training):
+            return super().forward(*args, **kwargs)
+        self.training = False
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self.training = True
 
 
-class TaskBatchNorm1d(_FreezableBatchNorm, nn.BatchNorm1d):
-    pass
+class TaskBatchNorm1d(FreezableBatchNorm, nn.BatchNorm1d):
+    plain_class = nn.BatchNorm1d
 
 
-class TaskBatchNorm2d(_FreezableBatchNorm, nn.BatchNorm2d):
-    pass
+class TaskBatchNorm2d(FreezableBatchNorm, nn.BatchNorm2d):
+    plain_class = nn.BatchNorm2d
 
 
-class TaskBatchNorm3d(_FreezableBatchNorm, nn.BatchNorm3d):
-    pass
+class TaskBatchNorm3d(FreezableBatchNorm, nn.BatchNorm3d):
+    plain_class = nn.BatchNorm3d
 
 
 _BATCHNORMS = {nn.BatchNorm1d: TaskBatchNorm1d, nn.BatchNorm2d: TaskBatchNorm2d,
                nn.BatchNorm3d: TaskBatchNorm3d}
-PLAIN_BATCHNORM = {task_class: plain for plain, task_class in _BATCHNORMS.items()}
+
+
+def _freezable(cls: type) -> type:
+    """The freezable class of a BatchNorm class (subclasses get one made at run time)."""
+    if cls not in _BATCHNORMS:
+        _BATCHNORMS[cls] = type(f"Task{cls.__name__}", (FreezableBatchNorm, cls),
+                                {"__module__": __name__, "plain_class": cls})
+    return _BATCHNORMS[cls]
 
 
 def convert_batchnorm(model: nn.Module) -> list[nn.Module]:
-    """Swap the class of every nn.BatchNorm1d/2d/3d in place (Parameters kept); returns them all."""
+    """Swap the class of every BatchNorm (subclasses included) in place, Parameters kept;
+    returns them all."""
     found = []
     for module in model.modules():
-        replacement = _BATCHNORMS.get(type(module))
-        if replacement is not None:
-            module.__class__ = replacement
-        if isinstance(module, _FreezableBatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, FreezableBatchNorm):
+            module.__class__ = _freezable(type(module))
+        if isinstance(module, FreezableBatchNorm):
             found.append(module)
     return found
 
