@@ -140,11 +140,14 @@ def test_plot_speedups():
     assert panels == {("c", "float32"): {("cpu", "random"): [(0.5, 2.0), (0.25, 4.0)]}}
 
 
-def test_packnet_owner_ratio():
-    owner = study.packnet_owner((300, 300), 0.75, 3, torch.Generator().manual_seed(0))
+def test_packnet_owners_come_from_packnet():
+    model = nn.Sequential(nn.Linear(300, 300), nn.MultiheadAttention(16, 2))
+    owners = study.packnet_owners(model, 0.75, 3)
+    assert set(owners) == {("0", "weight"), ("1", "in_proj_weight"), ("1.out_proj", "weight")}
     for task in (1, 2, 3):
-        assert (owner == task).float().mean().item() == pytest.approx(0.25 * 0.75 ** (task - 1),
-                                                                      abs=0.01)
+        assert (owners[("0", "weight")] == task).float().mean().item() == pytest.approx(
+            0.25 * 0.75 ** (task - 1), abs=0.01)
+    assert type(model[0]) is nn.Linear  # the base model is left alone
 
 
 def test_study_variants_agree():
@@ -157,6 +160,32 @@ def test_study_variants_agree():
     naive, cached, torch_row = (r["weight_mb"] for r in results)
     assert cached / naive == pytest.approx(3 * 4 / 5) and torch_row == naive
     assert results[0]["density"] == pytest.approx(0.875, abs=0.05)
+
+
+class _TinyAttention(nn.Module):
+    """A conv stem, then self-attention over the pixels: every masked kind of weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("compile_too", [False, True])
+def test_study_mixed_batches_agree(compile_too):
+    results = study.run(_TinyAttention(), "tiny", tasks=3, ratios=[0.5], batches=[4], resolution=4,
+                        device="cpu", dtype=torch.float32, timer=fake_timer,
+                        impls=["naive", "cached", "cpu"], show_progress=False, mixed=True,
+                        compile_too=compile_too, rounds=1)
+    names = ["naive", "cached", "cpu", "cpu-loop"]
+    assert [r["impl"] for r in results] == names + ([f"{n}+compile" for n in names] if compile_too else [])
+    assert all(r["rel_err"] < 1e-5 and r["task"] == "mixed" for r in results)
+    assert results[0]["case"] == "tiny_b4_r4_mixed3"
 
 
 def test_study_interleaves_variants_and_takes_the_median_round():
@@ -224,7 +253,7 @@ def test_overhead_cli_writes_json(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("structure", ["block", "channel"])
 def test_study_structured_owners_and_every_task(structure):
-    owner = study.packnet_owner((256, 64, 3, 3), 0.75, 4, torch.Generator().manual_seed(0), structure)
+    owner = study.packnet_owners(nn.Conv2d(64, 256, 3), 0.75, 4, structure=structure)[("", "weight")]
     rows = owner.reshape(256, -1)
     if structure == "channel":
         assert all(len(set(row.tolist())) == 1 for row in rows)  # whole output channels

@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     study_opts.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     study_opts.add_argument("--structure", choices=("weight", "block", "channel"), default="weight",
                             help="what PackNet prunes: single weights, blocks or output channels")
+    study_opts.add_argument("--mixed", action="store_true",
+                            help="batches whose samples cycle through the tasks, served at once "
+                                 "(maskops) or by task groups (every impl, '-loop')")
     study_opts.add_argument("--each-task", action="store_true",
                             help="measure every task, not only the last (latency falls as a task sees less)")
     return p
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     if args.model:
         resolution = args.resolution or (64 if args.quick and args.device == "cpu" else 224)
         header.update(model=args.model, tasks=args.tasks, resolution=resolution,
-                      structure=args.structure)
+                      structure=args.structure, mixed=args.mixed)
         results = []
         for dtype in dtypes:
             results += study.run(models.build(args.model), args.model.replace(":", "-"), tasks=args.tasks,
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
                                  device=args.device, dtype=dtype, timer=timer,
                                  compile_too=args.compile, impls=args.impl,
                                  show_progress=not args.no_progress, structure=args.structure,
-                                 each_task=args.each_task)
+                                 each_task=args.each_task, mixed=args.mixed)
     else:
         cases = _cases(args.case) if args.case else case_defs.cases_for(args.device)
         results = sweep.run(cases, dtypes, args.device, timer, quick=args.quick, impls=args.impl,
