@@ -140,6 +140,18 @@ def test_plot_speedups():
     assert panels == {("c", "float32"): {("cpu", "random"): [(0.5, 2.0), (0.25, 4.0)]}}
 
 
+def test_plot_latency_panels(tmp_path):
+    from maskops.bench.plot import latencies, plot_latency
+    rows = [{"dtype": "float32", "pattern": "p", "task": t, "batch": b, "impl": i, "median_ms": ms}
+            for t, b, i, ms in [(3, 1, "cached", 1.0), (3, 16, "cached", 8.0), (3, 1, "cpu+compile", 2.0),
+                                ("mixed", 4, "cpu-loop", 5.0)]]
+    assert latencies(rows) == {("float32", "p", "task 3", "eager"): {"cached": [(1, 1.0), (16, 8.0)]},
+                               ("float32", "p", "task 3", "compile"): {"cpu": [(1, 2.0)]},
+                               ("float32", "p", "mixed", "eager"): {"cpu-loop": [(4, 5.0)]}}
+    plot_latency(rows, str(tmp_path / "latency.png"))
+    assert (tmp_path / "latency.png").stat().st_size > 0
+
+
 def test_packnet_owners_come_from_packnet():
     model = nn.Sequential(nn.Linear(300, 300), nn.MultiheadAttention(16, 2))
     owners = study.packnet_owners(model, 0.75, 3)

@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", nargs="+", choices=case_defs.PATTERNS)
     p.add_argument("--density", nargs="+", type=float, help="densities to sweep instead")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--plot", metavar="PATH", help="draw speedup vs density (PNG)")
+    p.add_argument("--plot", metavar="PATH", help="draw speedup vs density (PNG); with --model, "
+                                                  "latency vs batch size")
     p.add_argument("--plot-vs", choices=("naive", "cached"), default="naive",
                    help="the plot's baseline: naive masking, or the dense op on a pre-masked copy")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -127,9 +128,12 @@ def main(argv=None) -> int:
     if args.json:
         report.write_json(args.json, header, results)
     if args.plot:
-        from maskops.bench.plot import plot
+        from maskops.bench.plot import plot, plot_latency
         try:
-            plot(results, args.plot, args.plot_vs)
+            if args.model:
+                plot_latency(results, args.plot)
+            else:
+                plot(results, args.plot, args.plot_vs)
         except ValueError as error:  # e.g. no baseline was run: nothing to compare
             print(f"no plot written: {error}", file=sys.stderr)
     return 1 if any(row.get("error") for row in results) else 0

@@ -60,3 +60,46 @@ def plot(results: list, path: str, vs: str = "naive") -> None:
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     figure.savefig(path, dpi=120)
+
+
+def latencies(results: list) -> dict:
+    """Deployment study rows: {(dtype, pattern, served, mode): {impl: [(batch, ms), ...]}},
+    served being 'task <t>' or 'mixed', mode 'eager' or 'compile'."""
+    panels = {}
+    for row in results:
+        if row.get("median_ms") is None or "batch" not in row:
+            continue
+        impl = row["impl"]
+        mode = "compile" if impl.endswith("+compile") else "eager"
+        served = "mixed" if row["task"] == "mixed" else f"task {row['task']}"
+        panels.setdefault((row["dtype"], row["pattern"], served, mode), {}).setdefault(
+            impl.removesuffix("+compile"), []).append((row["batch"], row["median_ms"]))
+    return panels
+
+
+def plot_latency(results: list, path: str) -> None:
+    """Latency vs batch size, one panel per (dtype, pattern, served tasks, eager/compiled),
+    one line per implementation."""
+    panels = latencies(results)
+    if not panels:
+        raise ValueError("no deployment-study rows to plot")
+    impls = sorted({impl for lines in panels.values() for impl in lines})
+    colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
+    rows, columns = math.ceil(len(panels) / COLUMNS), min(COLUMNS, len(panels))
+    figure = Figure(figsize=(4.5 * columns, 3.5 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for ax, ((dtype, pattern, served, mode), lines) in zip(axes, sorted(panels.items())):
+        for impl, points in sorted(lines.items()):
+            points.sort()
+            ax.plot([b for b, _ in points], [ms for _, ms in points], marker="o", color=colors[impl],
+                    linestyle="--" if impl in ("naive", "cached") else "-", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{served}, {mode} ({dtype}, {pattern})", fontsize=9)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("median ms per batch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.savefig(path, dpi=120)
