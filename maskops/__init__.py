@@ -21,7 +21,7 @@ def __getattr__(name):
     if name == "PackNet":
         from maskops.packnet import PackNet
         return PackNet
-    if name in ("dgm", "packnet"):
+    if name in ("dgm", "packnet", "serving"):
         import importlib
         return importlib.import_module(f"maskops.{name}")
     raise AttributeError(f"module 'maskops' has no attribute {name!r}")

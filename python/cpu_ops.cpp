@@ -98,7 +98,8 @@ struct Blocks {
 };
 
 // cpu::Gemm through ATen's matmul on views of the raw blocks (MKL/OpenBLAS underneath).
-// Called from the kernels' worker threads, where BLAS runs single-threaded.
+// Called from the kernels' worker threads, where BLAS runs single-threaded, or from the
+// calling thread for one product over the whole weight, where it uses every thread.
 template <class T>
 void aten_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
                int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {

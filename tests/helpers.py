@@ -69,3 +69,23 @@ def assert_close_all(actual, expected, dtype):
             assert a is None
         else:
             torch.testing.assert_close(a, e, **TOLERANCE[dtype])
+
+
+def assert_first_task_kept(net, model, x, train_step) -> None:
+    """PackNet over two tasks (task 1 trained, pruned, retrained; task 2 trained): task 1's
+    output on x is finite and bit for bit the same after task 2."""
+    net.begin_task()
+    train_step()
+    net.prune()
+    train_step()
+    net.end_task()
+    net.set_task(1)
+    with torch.no_grad():
+        first = model(x)
+    assert torch.isfinite(first).all()
+    net.begin_task()
+    train_step()
+    net.end_task()
+    net.set_task(1)
+    with torch.no_grad():
+        assert torch.equal(model(x), first)  # zero forgetting, bit for bit

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import maskops
 from maskops import reference
 from maskops.conversion import WeightTransformingLayer
+from tests.helpers import assert_first_task_kept
 
 
 class StdConv2d(nn.Conv2d):
@@ -181,21 +182,7 @@ def test_packnet_on_subclassed_layers_keeps_earlier_tasks_exact():
             F.cross_entropy(model(x), torch.arange(4)).backward()
             opt.step()
 
-    net.begin_task()
-    train()
-    net.prune()
-    train()
-    net.end_task()
-    net.set_task(1)
-    with torch.no_grad():
-        first = model(x)
-    assert torch.isfinite(first).all()
-    net.begin_task()
-    train()
-    net.end_task()
-    net.set_task(1)
-    with torch.no_grad():
-        assert torch.equal(model(x), first)
+    assert_first_task_kept(net, model, x, train)
     with pytest.raises(ValueError, match="transforms the weight"):
         net.export(1)
     net.close()

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import maskops
-from maskops import thirdparty
+from maskops import reference, thirdparty
 from maskops.bench import models, study
 from maskops.bench.timing import Timing
-from maskops import reference
 from maskops.conversion import WeightTransformingLayer
 from maskops.nn import TaskMaskedLayer
+from tests.helpers import assert_first_task_kept
 
 try:
     tv, timm = thirdparty.torchvision(), thirdparty.timm()
@@ -114,21 +114,7 @@ def test_model_converts_whole_and_serves_each_task(spec):
         optimizer.step()
         model.eval()
 
-    net.begin_task()
-    train_step()
-    net.prune()
-    train_step()
-    net.end_task()
-    net.set_task(1)
-    with torch.no_grad():
-        first = model(x)
-    assert torch.isfinite(first).all()
-    net.begin_task()
-    train_step()
-    net.end_task()
-    net.set_task(1)
-    with torch.no_grad():
-        assert torch.equal(model(x), first)  # zero forgetting, bit for bit
+    assert_first_task_kept(net, model, x, train_step)
     net.close()
 
 

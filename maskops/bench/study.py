@@ -11,8 +11,8 @@ weight maskops.convert masks (conv, linear, attention projections) is owned.  Se
   <name>   the model after maskops.convert, owners set, under maskops.use_backend(name).
 The last task is measured (every task with each_task); with `mixed`, a batch whose samples
 cycle through the T tasks: naive and cached loop over the task groups (the parametrization
-switched, or the task's copy), `<name>-loop` loops with int tasks, and `<name>` runs the
-whole batch at once (per-sample tasks, routed once per batch, inside the timing).
+switched, or the task's copy), `<name>-loop` loops with int tasks, and `<name>` serves the
+whole batch at once through maskops.serving.Runner (routing included in the timing).
 Weight memory counts the masked weights only: naive and maskops keep the weights and a
 uint8 owner map; cached keeps one dense copy per task.  On CUDA the inputs are
 channels_last and so are the baselines' weights (cuDNN's fast layout); maskops layers keep
@@ -35,6 +35,7 @@ from maskops.bench.impls import Impl, backend_names
 from maskops.bench.progress import progress
 from maskops.bench.sweep import dtype_name, measure
 from maskops.nn import TaskMaskedLayer
+from maskops.serving import Runner
 
 
 def _masked_pairs(model: nn.Module) -> dict:
@@ -135,10 +136,8 @@ def _by_groups(groups: list, serve: Callable[[int, torch.Tensor], torch.Tensor])
 
 
 def _routed(model: nn.Module, tasks: torch.Tensor):
-    def run(x):
-        maskops.set_task(model, tasks)  # routed once per batch, for every layer
-        return model(x)
-    return run
+    runner = Runner(model, batch_sizes=[len(tasks)])  # routes once per batch, for every layer
+    return lambda x: runner(x, tasks)
 
 
 def _served(name: str, model, tasks: Optional[torch.Tensor], groups: list):

@@ -19,6 +19,7 @@ from maskops.bench.overhead import side_by_side
 from maskops.demos.data import digits_tasks
 from maskops.demos.packnet import Trainer, summarize, train_packnet
 from maskops.packnet import TaskHeads
+from maskops.serving import Runner
 
 
 def network(num_tasks: int, width: int) -> nn.Module:
@@ -44,8 +45,10 @@ def serve(net, model, tasks) -> dict:
     copies = {t: net.export(t) for t, _ in groups}
     model.eval()
 
+    runner = Runner(net, batch_sizes=[len(labels)])
+
     def mixed():
-        return model(x)
+        return runner(x, task_ids)  # checked and routed once, for every layer
 
     def loop(run):
         y = torch.empty(len(labels), 2)
@@ -53,7 +56,7 @@ def serve(net, model, tasks) -> dict:
             y[rows] = run(t, x[rows])
         return y
 
-    naive = copy.deepcopy(model)  # its task changes per group; the served model keeps its routing
+    naive = copy.deepcopy(model)  # its task changes per group
 
     def naive_task(t, rows):
         for module in naive.modules():
@@ -69,7 +72,6 @@ def serve(net, model, tasks) -> dict:
         return loop(lambda t, rows: copies[t](rows))
 
     with torch.inference_mode():
-        net.set_task(task_ids)  # checked and routed once, for every layer
         served = mixed()
         reference = cached_loop()
         # Each baseline alternates with the mixed call in blocks of calls, so that the machine's
@@ -86,7 +88,7 @@ def serve(net, model, tasks) -> dict:
         "max_abs_diff_vs_copies": (served - reference).abs().max().item(),
         **latency,
         "weights_mb": _megabytes(model.parameters()),
-        "owners_mb": _megabytes(m.owner for m in masked),
+        "owners_mb": _megabytes(owner for m in masked for _, owner in m.masked_pairs()),
         "copies_mb": sum(_megabytes(c.parameters()) for c in copies.values()),
     }
 

@@ -58,9 +58,9 @@ class PackNet:
     """Manage the tasks of `model`, converted in place by `maskops.convert`.
 
     Args:
-        model: any nn.Module; its nn.Linear/nn.Conv2d become masked layers and its
-            nn.BatchNorm1d/2d/3d become TaskBatchNorm (same Parameters).  Every
-            weight starts free.
+        model: any nn.Module; maskops.convert masks its Linear, Conv2d and
+            MultiheadAttention layers, and its BatchNorm layers (subclasses too) become
+            freezable (same Parameters).  Every masked weight starts free.
         prune_ratio: fraction of a task's weights that `prune()` frees, per layer;
             a float, or one float per task (0 leaves that task unpruned, as the paper
             does for the last task).
