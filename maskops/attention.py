@@ -99,6 +99,8 @@ class MaskedMultiheadAttention(TaskMaskedLayer, nn.MultiheadAttention):
                 key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False):
+        # torch's own helpers (F._mha_shape_check, F._canonical_mask): shapes and masks are
+        # checked and read exactly as nn.MultiheadAttention reads them.
         batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask, self.num_heads)
         if not batched:  # (L, E): a batch of one, batch first
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)

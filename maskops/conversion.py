@@ -77,8 +77,8 @@ class _MaskedCalls(TorchFunctionMode):
         kwargs = kwargs or {}
         call = _CALLS.get(func)
         if call is not None:
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            layer = self.layer_of(weight)
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            layer = None if weight is None else self.layer_of(weight)
             if layer is not None:
                 return call(layer, *args, **kwargs)
         return func(*args, **kwargs)

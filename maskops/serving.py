@@ -6,8 +6,10 @@ layer and runs the whole batch in one forward, whatever the mix of tasks.  Fixed
 what a compiled model needs to reuse its graphs: with `compile=True` the model is compiled
 once and specializes once per bucket, not once per batch size seen.
 
-A batch larger than the largest bucket is served in chunks of that size.  Padding rows are
-zeros given the first sample's task, and are dropped from the output.  The Runner runs in
+The batch is sorted by task on the way in and back on the way out, so that each layer finds
+a task's samples side by side instead of regrouping them.  A batch larger than the largest
+bucket is served in chunks of that size.  Padding rows are zeros given the first sample's
+task, and are dropped from the output.  The Runner runs in
 inference mode.  On a CUDA device it runs the same eager (or compiled) forward; capturing a
 CUDA graph per bucket is not done yet.
 """
@@ -70,6 +72,15 @@ class Runner:
         if padding:
             x = torch.cat([x, x.new_zeros((padding, *x.shape[1:]))])
             tasks = torch.cat([tasks, tasks[:1].expand(padding)])
+        # Sorted by task once here, every layer finds each task's samples in one run in place
+        # instead of gathering and scattering them.
+        order = torch.argsort(tasks, stable=True)
+        in_order = bool((order == torch.arange(len(order))).all())
         with torch.inference_mode():
+            if not in_order:
+                x, tasks = x[order.to(x.device)], tasks[order]
             self._set_task(tasks)  # checked and routed once, for every layer
-            return self._forward(x)[:batch]
+            y = self._forward(x)
+            if not in_order:
+                y = y[torch.argsort(order).to(y.device)]
+            return y[:batch]

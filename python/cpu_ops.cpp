@@ -136,9 +136,12 @@ void for_dtype(const Tensor& t, F&& fn) {
 }
 
 // Images (or rows) grouped by task, as index tensors (undefined index: all in order).
+// A task's images (or rows): those at `index` when the batch is reordered, else the run
+// [begin, end) in place.
 struct ImageGroup {
   int task;
   Tensor index;
+  int64_t begin, end;
 };
 
 std::vector<ImageGroup> image_groups(const Selection& s, int64_t images, int64_t per_sample = 1) {
@@ -149,13 +152,13 @@ std::vector<ImageGroup> image_groups(const Selection& s, int64_t images, int64_t
     if (g.reordered())
       index = at::tensor(at::ArrayRef<int64_t>(g.order.data() + group.begin, group.size()),
                          at::kLong);
-    out.push_back({int(group.task), index});
+    out.push_back({int(group.task), index, group.begin, group.end});
   }
   return out;
 }
 
 Tensor rows_of(const Tensor& t, const ImageGroup& g) {
-  return g.index.defined() ? t.index_select(0, g.index) : t;
+  return g.index.defined() ? t.index_select(0, g.index) : t.narrow(0, g.begin, g.end - g.begin);
 }
 
 bool is_16bit(const Tensor& t) {
@@ -217,6 +220,10 @@ Tensor assemble(std::vector<std::pair<ImageGroup, Tensor>>& parts, int64_t batch
   for (auto& [group, part] : parts) {
     const Tensor src = part.contiguous(format);
     const char* from = static_cast<const char*>(src.data_ptr());
+    if (!group.index.defined()) {  // a run in place
+      std::memcpy(dst + group.begin * bytes, from, src.size(0) * bytes);
+      continue;
+    }
     const int64_t* index = group.index.data_ptr<int64_t>();
     for (int64_t i = 0; i < src.size(0); ++i) std::memcpy(dst + index[i] * bytes, from + i * bytes, bytes);
   }

@@ -46,6 +46,11 @@ TaskGroups group_rows(const int64_t* order, const int64_t* offsets, int64_t samp
     if (out.groups.empty()) out.groups.push_back({1u, 0, 0});
     return out;
   }
+  // Samples already sorted by task (a server that sorts its batch once): every group is a
+  // run in place, and no kernel need gather or scatter rows.
+  bool sorted = true;
+  for (int64_t i = 0; i < samples && sorted; ++i) sorted = order[i] == i;
+  if (sorted) return out;
   out.order.resize(samples * rows_per_sample);
   for (int64_t i = 0; i < samples; ++i)
     for (int64_t r = 0; r < rows_per_sample; ++r)

@@ -152,6 +152,12 @@ void check_groups() {
   const std::vector<int64_t> rows = {2, 3, 8, 9, 6, 7, 0, 1, 4, 5};
   if (g.groups.size() != 3 || g.order != rows || g.groups[2].task != 3 || g.groups[2].begin != 6)
     std::printf("FAIL group_rows\n"), ++failures;
+  const std::vector<int32_t> sorted = {1, 1, 2, 3};
+  sort_by_task(sorted.data(), 4, order.data(), offsets.data());
+  const TaskGroups in_place = group_rows(order.data(), offsets.data(), 4, 2);
+  if (in_place.groups.size() != 3 || in_place.reordered() || in_place.groups[1].begin != 4 ||
+      in_place.groups[2].end != 8 || in_place.row(5) != 5)
+    std::printf("FAIL group_rows of samples sorted by task\n"), ++failures;
   const std::vector<int32_t> same = {2, 2};
   sort_by_task(same.data(), 2, order.data(), offsets.data());
   const TaskGroups one = group_rows(order.data(), offsets.data(), 2, 3);

@@ -181,6 +181,27 @@ def test_linear_mixed_tasks_in_one_batch(simd):
     torch.testing.assert_close(gw, ew)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op_name", ["linear", "conv"])
+def test_samples_sorted_by_task_run_in_place(op_name, dtype):
+    """A batch already sorted by task (as serving.Runner sends it) is not regrouped: each
+    task's run of samples is used in place, forward and backward."""
+    g = torch.Generator().manual_seed(11)
+    tasks = torch.tensor([1] * 20 + [2] * 3 + [3] * 18)  # groups of fused and of gemm sizes
+    if op_name == "linear":
+        x, w = torch.randn(len(tasks), 40, generator=g), torch.randn(24, 40, generator=g)
+    else:
+        x, w = torch.randn(len(tasks), 4, 5, 5, generator=g), torch.randn(6, 4, 3, 3, generator=g)
+    x, w, b = _leaf(x, dtype), _leaf(w, dtype), _leaf(torch.randn(w.shape[0], generator=g), dtype)
+    owner = owner_map(w.shape, generator=g)
+
+    def op(module, x, w, b, om, mask):
+        if op_name == "linear":
+            return module.task_linear(x, w, owner, tasks, b)
+        return module.task_conv2d(x, w, owner, tasks, b, padding=1)
+    _check_against_reference(op, [x, w, b, None, None], dtype)
+
+
 # ----------------------------------------------------------------------------- conv
 
 
