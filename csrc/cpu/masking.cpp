@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "fused_isa.h"
+#include "parallel.h"
+#include "scratch.h"
 
 namespace maskops::cpu {
 
@@ -92,6 +94,26 @@ void add_masked_array(const T* src, const Vis<T>& v, unsigned task, int64_t coun
   }
 }
 
+template <class T>
+bool mask_array_channels_last(const T* w, const Vis<T>& v, unsigned task, int64_t out_channels,
+                              int64_t in_channels, int64_t taps, T* out) {
+  const int64_t per_channel = in_channels * taps;
+  int any = 0;
+#pragma omp parallel for schedule(static) reduction(| : any) \
+    num_threads(threads_for(out_channels * per_channel))
+  for (int64_t o = 0; o < out_channels; ++o) {
+    T* masked = thread_scratch<T>(per_channel);
+    const int64_t begin = o * per_channel;
+    any |= mask_block(w + begin, per_channel, v.at(begin), per_channel, task, 1, per_channel,
+                      masked, per_channel);
+    T* dst = out + begin;
+    // Rows of dst written whole; the strided reads stay in this thread's cache.
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t i = 0; i < in_channels; ++i) dst[k * in_channels + i] = masked[i * taps + k];
+  }
+  return any != 0;
+}
+
 #define MASKOPS_INSTANTIATE(T)                                                               \
   template bool mask_block<T>(const T*, int64_t, const Vis<T>&, int64_t, unsigned, int64_t,  \
                               int64_t, T*, int64_t);                                         \
@@ -101,15 +123,21 @@ void add_masked_array(const T* src, const Vis<T>& v, unsigned task, int64_t coun
   template void add_masked<T>(const T*, int64_t, const Vis<T>&, int64_t, unsigned, int64_t, \
                               int64_t, T*, int64_t);                                         \
   template bool mask_array<T>(const T*, const Vis<T>&, unsigned, int64_t, T*);              \
-  template void add_masked_array<T>(const T*, const Vis<T>&, unsigned, int64_t, T*);
+  template void add_masked_array<T>(const T*, const Vis<T>&, unsigned, int64_t, T*);         \
+  template bool mask_array_channels_last<T>(const T*, const Vis<T>&, unsigned, int64_t,     \
+                                            int64_t, int64_t, T*);
 MASKOPS_INSTANTIATE(float)
 MASKOPS_INSTANTIATE(double)
 #undef MASKOPS_INSTANTIATE
 template bool mask_block<bf16>(const bf16*, int64_t, const Vis<bf16>&, int64_t, unsigned, int64_t,
                                int64_t, bf16*, int64_t);
 template bool mask_array<bf16>(const bf16*, const Vis<bf16>&, unsigned, int64_t, bf16*);
+template bool mask_array_channels_last<bf16>(const bf16*, const Vis<bf16>&, unsigned, int64_t,
+                                             int64_t, int64_t, bf16*);
 template bool mask_block<f16>(const f16*, int64_t, const Vis<f16>&, int64_t, unsigned, int64_t,
                               int64_t, f16*, int64_t);
 template bool mask_array<f16>(const f16*, const Vis<f16>&, unsigned, int64_t, f16*);
+template bool mask_array_channels_last<f16>(const f16*, const Vis<f16>&, unsigned, int64_t,
+                                            int64_t, int64_t, f16*);
 
 }  // namespace maskops::cpu

@@ -38,4 +38,10 @@ bool mask_array(const T* w, const Vis<T>& v, unsigned task, int64_t count, T* ou
 template <class T>
 void add_masked_array(const T* src, const Vis<T>& v, unsigned task, int64_t count, T* dst);
 
+// mask_array for a conv weight (out, in, taps) written in the channels_last layout
+// (out, taps, in): each output channel is masked in cache, then transposed.
+template <class T>
+bool mask_array_channels_last(const T* w, const Vis<T>& v, unsigned task, int64_t out_channels,
+                              int64_t in_channels, int64_t taps, T* out);
+
 }  // namespace maskops::cpu

@@ -192,6 +192,14 @@ void check_masking() {
   v.mode = Mode::trainable;
   if (any_selected(v.at(5), 5, 2, 1, 5) || !any_selected(v, 5, 2, 2, 5))
     std::printf("FAIL any_selected\n"), ++failures;
+  // A conv weight (out 1, in 2, taps 5), masked for task 2, in the channels_last layout
+  // (out 1, taps 5, in 2).
+  v.mode = Mode::visible;
+  std::vector<float> ramp(10), cl(10);
+  for (int i = 0; i < 10; ++i) ramp[i] = float(i + 1);
+  mask_array_channels_last(ramp.data(), v, 2, 1, 2, 5, cl.data());
+  const std::vector<float> transposed = {1, 0, 0, 0, 3, 0, 0, 0, 5, 0};  // (taps 5, in 2)
+  if (cl != transposed) std::printf("FAIL mask_array_channels_last\n"), ++failures;
 }
 
 // The few-row forward that skips hidden blocks equals the naive product; a row of x holding

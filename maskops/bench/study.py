@@ -14,9 +14,10 @@ cycle through the T tasks: naive and cached loop over the task groups (the param
 switched, or the task's copy), `<name>-loop` loops with int tasks, and `<name>` serves the
 whole batch at once through maskops.serving.Runner (routing included in the timing).
 Weight memory counts the masked weights only: naive and maskops keep the weights and a
-uint8 owner map; cached keeps one dense copy per task.  On CUDA the inputs are
-channels_last and so are the baselines' weights (cuDNN's fast layout); maskops layers keep
-their (out, in, kh, kw) weights.
+uint8 owner map; cached keeps one dense copy per task.  The inputs are channels_last and so
+are the baselines' weights, the fast layout of cuDNN and of oneDNN on the CPU (resnet18,
+batch 16, AMD EPYC with AVX-512, 2 threads: 206 ms against 283 ms for the cached copies);
+maskops layers keep their (out, in, kh, kw) weights and mask a channels_last copy per call.
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def run(base: nn.Module, model_name: str, *, tasks: int, ratios: Sequence[float]
     """Result rows: latency and weight memory of each variant, per ratio, measured task (or
     mixed batch) and batch size (the median of `rounds` interleaved measurements)."""
     base = base.to(device=device, dtype=dtype).eval()
-    layout = torch.channels_last if device == "cuda" else torch.contiguous_format
+    layout = torch.channels_last
     backends = [n for n in backend_names(device, dtype) if not impls or n in impls]
     results = []
     measured = [tasks] if mixed or not each_task else range(1, tasks + 1)
