@@ -35,6 +35,14 @@ struct Selection {
 
   bool per_task() const { return mode == Mode::visible || mode == Mode::trainable; }
   bool mixed() const { return per_task() && routing.defined(); }
+
+  // The owner and mask dense in `format`: the layout of the weight they select.
+  Selection in_format(at::MemoryFormat format) const {
+    Selection s = *this;
+    if (s.owner.defined()) s.owner = s.owner.contiguous(format);
+    if (s.mask.defined()) s.mask = s.mask.contiguous(format);
+    return s;
+  }
 };
 
 struct ConvGeometry {

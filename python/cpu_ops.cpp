@@ -174,18 +174,18 @@ void for_weight_dtype(const Tensor& w, F&& fn) {
     for_dtype(w, fn);
 }
 
-// A contiguous tensor shaped like `t` in memory this thread reuses from call to call: a fresh
+// A tensor shaped and laid out like `t` (dense) in memory this thread reuses from call to call: a fresh
 // weight-sized allocation page-faults on every call (a 32 MB copy: 16 ms, as long as the
 // bfloat16 product it feeds, M = 256, N = K = 4096).  Valid until the thread's next call.
 Tensor reused_like(const Tensor& t) {
   thread_local Tensor buffer;
   const int64_t bytes = t.numel() * t.element_size();
   if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, t.options().dtype(at::kByte));
-  return at::from_blob(buffer.data_ptr(), t.sizes(), t.options());
+  return at::from_blob(buffer.data_ptr(), t.sizes(), t.strides(), t.options());
 }
 
-// The selection's weight for `task` (the weight itself when dense); a masked copy lives until
-// this thread's next call.
+// The selection's weight for `task` (the weight itself when dense); a masked copy, in the
+// weight's layout, lives until this thread's next call.
 Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
   if (s.mode == Mode::dense) return weight;
   Tensor out = reused_like(weight);
@@ -204,8 +204,10 @@ Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
 // weight in fresh memory costs it page faults (AMD EPYC, AVX-512, 2 threads, 3x3, C = 512,
 // 7x7, batch 1: 1.6 ms with a channels_last weight it has seen, 5.5 ms with the
 // (out, in, kh, kw) one, 5.2 ms with a fresh channels_last copy of it per call).
+// A channels_last weight is masked as it lies.
 Tensor conv_weight(const Tensor& weight, const Selection& s, int task, const Tensor& images) {
-  if (images.suggest_memory_format() != at::MemoryFormat::ChannelsLast) return masked_weight(weight, s, task);
+  if (images.suggest_memory_format() != at::MemoryFormat::ChannelsLast || !weight.is_contiguous())
+    return masked_weight(weight, s, task);
   const int64_t O = weight.size(0), I = weight.size(1), H = weight.size(2), W = weight.size(3);
   const Tensor out = reused_like(weight).view({O, H, W, I}).permute({0, 3, 1, 2});
   const Tensor bits = single_task_bits(s);
@@ -215,6 +217,13 @@ Tensor conv_weight(const Tensor& weight, const Selection& s, int task, const Ten
                                      H * W, ptr<T>(out));
   });
   return out;
+}
+
+// The layout a conv selection's owner or mask is dense in (contiguous when it has neither).
+at::MemoryFormat selection_format(const Selection& s) {
+  const Tensor& t = s.owner.defined() ? s.owner : s.mask;
+  return t.defined() && t.dim() == 4 && !t.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                           : at::MemoryFormat::Contiguous;
 }
 
 // The selection of a 16-bit call as the fp32 kernels take it (a floating mask in fp32).
@@ -470,7 +479,10 @@ class CpuKernels final : public Kernels {
       // take the whole convolution.
       const bool skip = g.groups == 1 && !is_16bit(x) && blocks.hidden(task) >= kBlockConvHidden &&
                         all_finite(images);
-      parts.emplace_back(group, skip ? block_conv(images, weight, s, task, blocks.maps.of(task), bias, g)
+      // block_conv reads the weight in (out, in, kh, kw) order.
+      parts.emplace_back(group, skip ? block_conv(images, weight.contiguous(),
+                                                  s.in_format(at::MemoryFormat::Contiguous), task,
+                                                  blocks.maps.of(task), bias, g)
                                      : at::convolution(images, conv_weight(weight, s, group.task, images),
                                                        bias, g.stride, g.padding, g.dilation, false,
                                                        {0, 0}, g.groups));
@@ -491,6 +503,8 @@ class CpuKernels final : public Kernels {
     }
     return y;
   }
+
+  bool reads_channels_last_weights() const override { return true; }
 
   Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, const Selection& s,
                            at::IntArrayRef input_shape, const ConvGeometry& g) const override {
@@ -514,7 +528,9 @@ class CpuKernels final : public Kernels {
     if (is_16bit(grad))
       return conv2d_grad_weight(grad.to(at::kFloat), x.to(at::kFloat), in_fp32(s), weight_shape, g)
           .to(grad.scalar_type());
-    Tensor gw = at::zeros(weight_shape, x.options());
+    // The gradient is masked in the selection's layout, where the owner and the mask are dense.
+    const at::MemoryFormat format = selection_format(s);
+    Tensor gw = at::empty(weight_shape, x.options(), format).zero_();
     const Tensor weight_like = x.new_empty({1}).expand(weight_shape);
     bool written = false;
     for (const ImageGroup& group : image_groups(s, x.size(0))) {
@@ -528,7 +544,7 @@ class CpuKernels final : public Kernels {
                                 rows_of(grad, group), rows_of(x, group), weight_like,
                                 std::nullopt, g.stride, g.padding, g.dilation, false, {0, 0},
                                 g.groups, {false, true, false}))
-                                .contiguous();
+                                .contiguous(format);
         if (!written)
           cpu::mask_array<T>(part.data_ptr<T>(), v, t, gw.numel(), gw.data_ptr<T>());
         else
@@ -536,7 +552,7 @@ class CpuKernels final : public Kernels {
         written = true;
       });
     }
-    return gw;
+    return gw.contiguous();
   }
 };
 

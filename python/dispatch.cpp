@@ -64,30 +64,43 @@ namespace {
 
 // ----------------------------------------------------------------------------- helpers
 
+using at::MemoryFormat;
+
+// The layout a conv weight (or, for the weight gradient, its owner or mask) reaches kernels
+// `k` in: channels_last where it is so and `k` reads such weights, else contiguous.
+MemoryFormat conv_format(const Kernels& k, const Tensor& weight_like) {
+  return k.reads_channels_last_weights() && weight_like.dim() == 4 && !weight_like.is_contiguous() &&
+                 weight_like.is_contiguous(MemoryFormat::ChannelsLast)
+             ? MemoryFormat::ChannelsLast
+             : MemoryFormat::Contiguous;
+}
+
 Selection task_selection(Mode mode, const Tensor& owner, int64_t task, const OptTensor& tasks,
-                         const OptTensor& order, const OptTensor& offsets) {
+                         const OptTensor& order, const OptTensor& offsets,
+                         MemoryFormat format = MemoryFormat::Contiguous) {
   Selection s;
   s.mode = mode;
-  s.owner = owner.contiguous();
+  s.owner = owner.contiguous(format);
   s.task = task;
   s.routing = routing_of(tasks, order, offsets);
   return s;
 }
 
-Selection mask_selection(const Tensor& mask) {
+Selection mask_selection(const Tensor& mask, MemoryFormat format = MemoryFormat::Contiguous) {
   Selection s;
   s.mode = Mode::mask;
-  s.mask = (mask.scalar_type() == at::kBool ? mask.view(at::kByte) : mask).contiguous();
+  s.mask = (mask.scalar_type() == at::kBool ? mask.view(at::kByte) : mask).contiguous(format);
   return s;
 }
 
 // A backward op's selection argument: `mode` with the owner or the mask it needs.
 Selection selection_of(int64_t mode, const OptTensor& owner, const OptTensor& mask, int64_t task,
-                       const OptTensor& tasks, const OptTensor& order, const OptTensor& offsets) {
+                       const OptTensor& tasks, const OptTensor& order, const OptTensor& offsets,
+                       MemoryFormat format = MemoryFormat::Contiguous) {
   switch (Mode(mode)) {
     case Mode::visible:
-    case Mode::trainable: return task_selection(Mode(mode), *owner, task, tasks, order, offsets);
-    case Mode::mask: return mask_selection(*mask);
+    case Mode::trainable: return task_selection(Mode(mode), *owner, task, tasks, order, offsets, format);
+    case Mode::mask: return mask_selection(*mask, format);
     default: return Selection{};
   }
 }
@@ -229,14 +242,18 @@ Tensor linear_grad_weight(const Tensor& grad, const Tensor& x, int64_t mode,
 
 // ----------------------------------------------------------------------------- conv2d
 
-Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Selection& s,
+// `selection(format)` builds the call's selection in the weight's layout.
+template <class SelectionIn>
+Tensor conv2d_forward(const Tensor& x, const Tensor& weight, SelectionIn selection,
                       const OptTensor& bias, const OptTensor& out_mask, const ConvGeometry& g,
                       int64_t backend) {
   const Kernels& kernels = kernels_for(backend, x);
   if (x.numel() == 0 || weight.numel() == 0)
     return zero_product(conv_output_shape(x, weight, g), x, bias, out_mask, true);
+  const MemoryFormat format = conv_format(kernels, weight);
   return kernels
-      .conv2d_forward(x, weight.contiguous(), s, contiguous(bias), out_mask_rows(out_mask, x, 1), g)
+      .conv2d_forward(x, weight.contiguous(format), selection(format), contiguous(bias),
+                      out_mask_rows(out_mask, x, 1), g)
       .contiguous(x.suggest_memory_format());
 }
 
@@ -247,8 +264,10 @@ Tensor task_conv2d(const Tensor& x, const Tensor& weight, const Tensor& owner, i
                    int64_t backend) {
   check_task_conv2d(x, weight, owner, task, tasks, order, offsets, bias, out_mask, stride, padding,
                     dilation, groups);
-  return conv2d_forward(x, weight, task_selection(Mode::visible, owner, task, tasks, order, offsets),
-                        bias, out_mask,
+  const auto selection = [&](MemoryFormat format) {
+    return task_selection(Mode::visible, owner, task, tasks, order, offsets, format);
+  };
+  return conv2d_forward(x, weight, selection, bias, out_mask,
                         kernel_geometry(geometry_of(stride, padding, dilation, groups), weight.sizes()),
                         backend);
 }
@@ -258,7 +277,8 @@ Tensor masked_conv2d(const Tensor& x, const Tensor& weight, const Tensor& mask,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                      int64_t groups, int64_t backend) {
   check_masked_conv2d(x, weight, mask, trainable, bias, out_mask, stride, padding, dilation, groups);
-  return conv2d_forward(x, weight, mask_selection(mask), bias, out_mask,
+  const auto selection = [&](MemoryFormat format) { return mask_selection(mask, format); };
+  return conv2d_forward(x, weight, selection, bias, out_mask,
                         kernel_geometry(geometry_of(stride, padding, dilation, groups), weight.sizes()),
                         backend);
 }
@@ -289,9 +309,11 @@ Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, int64_t mode,
   const Kernels& kernels = kernels_for(backend, grad);
   if (grad.numel() == 0 || weight.numel() == 0 || c10::multiply_integers(input_shape) == 0)
     return at::zeros(input_shape, grad.options().memory_format(grad.suggest_memory_format()));
+  const MemoryFormat format = conv_format(kernels, weight);
   return kernels
-      .conv2d_grad_input(grad, weight.contiguous(),
-                         selection_of(mode, owner, mask, task, tasks, order, offsets), input_shape, g)
+      .conv2d_grad_input(grad, weight.contiguous(format),
+                         selection_of(mode, owner, mask, task, tasks, order, offsets, format),
+                         input_shape, g)
       .contiguous(grad.suggest_memory_format());
 }
 
@@ -309,9 +331,11 @@ Tensor conv2d_grad_weight(const Tensor& grad, const Tensor& x, int64_t mode,
   const Kernels& kernels = kernels_for(backend, x);
   if (grad.numel() == 0 || x.numel() == 0 || c10::multiply_integers(weight_shape) == 0)
     return at::zeros(weight_shape, x.options());
-  return kernels.conv2d_grad_weight(grad, x,
-                                    selection_of(mode, owner, mask, task, tasks, order, offsets),
-                                    weight_shape, g);
+  const OptTensor& selecting = Mode(mode) == Mode::mask ? mask : owner;
+  const MemoryFormat format =
+      selecting.has_value() ? conv_format(kernels, *selecting) : MemoryFormat::Contiguous;
+  return kernels.conv2d_grad_weight(
+      grad, x, selection_of(mode, owner, mask, task, tasks, order, offsets, format), weight_shape, g);
 }
 
 void register_kernels(torch::Library& m) {

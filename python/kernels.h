@@ -2,7 +2,8 @@
 // cuda_ops.cpp), or a Python backend (python_backends.cpp hands the call to
 // maskops/backends/bridge.py).  dispatch.cpp picks one per call with `kernels_for`.
 //
-// Kernels get checked arguments: contiguous weights, linear inputs flattened to rows,
+// Kernels get checked arguments: contiguous weights (or channels_last conv weights, for kernels
+// that read them), an owner or mask in its weight's layout, linear inputs flattened to rows,
 // non-empty problems, an out_mask in x's dtype with one row per input row (or per channel).
 #pragma once
 
@@ -41,8 +42,15 @@ class Kernels {
                                 const ConvGeometry& g) const = 0;
   virtual Tensor conv2d_grad_input(const Tensor& grad, const Tensor& weight, const Selection& s,
                                    at::IntArrayRef input_shape, const ConvGeometry& g) const = 0;
+  // The weight gradient is contiguous; it is computed in the layout of the selection's owner
+  // or mask.
   virtual Tensor conv2d_grad_weight(const Tensor& grad, const Tensor& x, const Selection& s,
                                     at::IntArrayRef weight_shape, const ConvGeometry& g) const = 0;
+
+  // Whether conv weights that are channels_last (model.to(memory_format=torch.channels_last))
+  // reach these kernels as they are, with owners and masks in the same layout, instead of
+  // as contiguous copies made on every call.
+  virtual bool reads_channels_last_weights() const { return false; }
 };
 
 // Native kernels of one device type, for the dtypes they support.

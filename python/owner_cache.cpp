@@ -27,13 +27,15 @@ at::Tensor pack_visible(const at::Tensor& owner, int64_t task) {
 
 namespace {
 
-// What is derived from one owner map: 1-bit maps and block maps, per task.
-enum class Derived : int64_t { bits = 0, blocks = 1 };
+// What is derived from one owner map, per task: 1-bit maps (in the owner's memory order) and
+// block maps.
+enum class Derived : int64_t { bits = 0, blocks = 1, channels_last_bits = 2 };
+constexpr int64_t kDerived = 3;
 
 struct Entry {
   c10::weak_intrusive_ptr<c10::TensorImpl> owner{c10::intrusive_ptr<c10::TensorImpl>()};
   uint32_t version = 0;
-  std::unordered_map<int64_t, at::Tensor> derived;  // by 2 * task + Derived
+  std::unordered_map<int64_t, at::Tensor> derived;  // by kDerived * task + Derived
 };
 
 std::mutex mutex;
@@ -48,7 +50,7 @@ void forget_dead_owners() {
 at::Tensor visible_blocks(const at::Tensor& owner, int64_t task) {
   TORCH_CHECK(owner.dim() >= 1 && owner.is_cpu() && owner.is_contiguous() &&
                   owner.scalar_type() == at::kByte,
-              "visible_blocks needs a contiguous uint8 CPU owner");
+              "visible_blocks needs a contiguous uint8 CPU owner");  // (out, in, kh, kw) order
   const int64_t n = owner.size(0), k = n ? owner.numel() / n : 0;
   at::Tensor out = at::empty({cpu::block_grid(n, cpu::kBlockRows), cpu::block_grid(k, cpu::kBlockCols)},
                              owner.options());
@@ -68,7 +70,7 @@ at::Tensor cached(const at::Tensor& owner, int64_t task, Derived kind, Build&& b
   if (alive.get() != key || entry.version != version) {
     entry = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(owner.getIntrusivePtr()), version, {}};
   }
-  const int64_t slot = 2 * task + int64_t(kind);
+  const int64_t slot = kDerived * task + int64_t(kind);
   auto it = entry.derived.find(slot);
   if (it == entry.derived.end()) it = entry.derived.emplace(slot, build()).first;
   return it->second;
@@ -77,13 +79,17 @@ at::Tensor cached(const at::Tensor& owner, int64_t task, Derived kind, Build&& b
 }  // namespace
 
 at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
-  return cached(owner, task, Derived::bits, [&] {
-    return pack_visible(owner.dim() == 2 ? owner : owner.reshape({owner.size(0), -1}), task);
+  const bool channels_last = owner.dim() == 4 && !owner.is_contiguous() &&
+                             owner.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return cached(owner, task, channels_last ? Derived::channels_last_bits : Derived::bits, [&] {
+    // Rows of (out, kh, kw, in) for a channels_last owner: a view, in memory order.
+    const at::Tensor rows = channels_last ? owner.permute({0, 2, 3, 1}) : owner;
+    return pack_visible(rows.dim() == 2 ? rows : rows.reshape({rows.size(0), -1}), task);
   });
 }
 
 at::Tensor cached_visible_blocks(const at::Tensor& owner, int64_t task) {
-  return cached(owner, task, Derived::blocks, [&] { return visible_blocks(owner, task); });
+  return cached(owner, task, Derived::blocks, [&] { return visible_blocks(owner.contiguous(), task); });
 }
 
 TORCH_LIBRARY_IMPL(maskops, CompositeExplicitAutograd, m) {

@@ -22,6 +22,11 @@ def _samples(backend: str):
     xc = torch.randn(2, 4, 6, 6, generator=g, requires_grad=True)
     wc = torch.randn(4, 2, 3, 3, generator=g, requires_grad=True)
     oc = owner_map(wc.shape, generator=g)
+    # Conv weights, owners and masks as model.to(memory_format=torch.channels_last) leaves them.
+    cl = torch.channels_last
+    wc_cl = wc.detach().contiguous(memory_format=cl).requires_grad_()
+    oc_cl = oc.contiguous(memory_format=cl)
+    soft_cl = torch.rand(wc.shape, generator=g).contiguous(memory_format=cl).requires_grad_()
     geometry = ([1, 1], [1, 1], [1, 1], 2)
     rows = tuple(maskops.route(torch.tensor([1, 3, 2])))
     images = tuple(maskops.route(torch.tensor([2, 1])))
@@ -39,13 +44,18 @@ def _samples(backend: str):
         (ops.task_conv2d.default, (xc, wc, oc, 3, *none, None, torch.rand(4), *geometry, b)),
         (ops.task_conv2d.default, (xc.contiguous(memory_format=torch.channels_last), wc, oc, 0,
                                    *images, bias, None, *geometry, b)),
+        (ops.task_conv2d.default, (xc.contiguous(memory_format=cl), wc_cl, oc_cl, 2, *none, bias,
+                                   None, *geometry, b)),
         (ops.masked_conv2d.default, (xc, wc, oc > 1, None, bias, None, *geometry, b)),
+        (ops.masked_conv2d.default, (xc, wc_cl, soft_cl, oc_cl > 1, None, None, *geometry, b)),
         (ops.linear_grad_input.default, (grad, w0, int(Mode.visible), owner, None, 0, *rows, b)),
         (ops.linear_grad_weight.default, (grad, x0, int(Mode.trainable), owner, None, 2, *none, b)),
         (ops.linear_grad_weight.default, (grad, x0, int(Mode.trainable), owner, None, 0, *rows, b)),
         (ops.conv2d_grad_input.default, (gradc, wc0, int(Mode.visible), oc, None, 0, *images,
                                          [2, 4, 6, 6], *geometry, b)),
         (ops.conv2d_grad_weight.default, (gradc, xc0, int(Mode.mask), None, oc > 0, 1, *none,
+                                          list(wc.shape), *geometry, b)),
+        (ops.conv2d_grad_weight.default, (gradc, xc0, int(Mode.trainable), oc_cl, None, 2, *none,
                                           list(wc.shape), *geometry, b)),
         (ops.conv2d_grad_weight.default, (gradc, xc0, int(Mode.dense), None, None, 1, *none,
                                           list(wc.shape), *geometry, b)),

@@ -1,4 +1,5 @@
 """Drop-in layers, convert, set_task, state_dict round trips."""
+import copy
 import io
 
 import pytest
@@ -103,6 +104,32 @@ def test_set_task_per_sample_matches_separate_calls():
     for i, t in enumerate(tasks.tolist()):
         maskops.set_task(model, t)
         torch.testing.assert_close(mixed[i:i + 1], model(x[i:i + 1]))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_channels_last_model_matches_contiguous_one(backend):
+    """model.to(memory_format=torch.channels_last) turns conv weights and owners channels_last:
+    outputs and gradients stay those of the contiguous model, per task and mixed."""
+    torch.manual_seed(0)
+    model = maskops.convert(_model())
+    for module in model.modules():
+        if hasattr(module, "owner"):
+            module.owner.copy_(owner_map(module.owner.shape))
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    assert channels_last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last[0].owner.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 8, 8)
+    for task in (2, torch.tensor([3, 1, 2, 1])):
+        results = []
+        for m, inp in ((model, x), (channels_last, x.contiguous(memory_format=torch.channels_last))):
+            maskops.set_task(m, task)
+            m.zero_grad()
+            with maskops.use_backend(backend):
+                y = m(inp)
+            y.square().sum().backward()
+            results.append([y] + [p.grad for p in m.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b)
 
 
 def test_out_mask_attribute():

@@ -16,8 +16,10 @@ whole batch at once through maskops.serving.Runner (routing included in the timi
 Weight memory counts the masked weights only: naive and maskops keep the weights and a
 uint8 owner map; cached keeps one dense copy per task.  The inputs are channels_last and so
 are the baselines' weights, the fast layout of cuDNN and of oneDNN on the CPU (resnet18,
-batch 16, AMD EPYC with AVX-512, 2 threads: 206 ms against 283 ms for the cached copies);
-maskops layers keep their (out, in, kh, kw) weights and mask a channels_last copy per call.
+batch 16, AMD EPYC with AVX-512, 2 threads: 206 ms against 283 ms for the cached copies).
+On the CPU the maskops model takes that layout too (model.to(memory_format=...), as a user
+would: its kernels mask channels_last weights as they lie); on CUDA its layers keep the
+(out, in, kh, kw) weights its kernels read.
 """
 from __future__ import annotations
 
@@ -164,6 +166,8 @@ def _variants(base, owners, task, tasks, layout, backends, compile_too, mixed) -
     cached = {t: cached_model(base, owners, t).to(memory_format=layout) for t in cached_tasks}
     variants = [("naive", naive, None), ("cached", cached if mixed else cached[task], None)]
     converted = maskops_model(base, owners, task)
+    if next(base.parameters()).device.type == "cpu":
+        converted = converted.to(memory_format=layout)
     variants += [(name, converted, name) for name in backends]
     if mixed:
         variants += [(f"{name}-loop", converted, name) for name in backends]

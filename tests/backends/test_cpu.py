@@ -217,10 +217,22 @@ def conv_problems(draw):
                 stride=(draw(st.integers(1, 3)), draw(st.integers(1, 2))), dilation=dilation,
                 padding=(draw(st.integers(0, 2)), draw(st.integers(0, 1))),
                 layout=draw(st.sampled_from(["contiguous", "channels_last", "strided"])),
+                weight_layout=draw(st.sampled_from(WEIGHT_LAYOUTS)),
                 kind=draw(st.sampled_from(["task", "uint8", "soft"])),
                 per_sample=draw(st.booleans()), bias=draw(st.booleans()),
                 out_mask=draw(st.sampled_from([None, "channel", "sample"])),
                 task=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)))
+
+
+# (weight, owner or mask) memory formats: as model.to(memory_format=...) leaves them, or not.
+WEIGHT_LAYOUTS = ["contiguous", "channels_last", "channels_last weight", "channels_last owner"]
+
+
+def _in_layout(t, layout, part):
+    """`t` (the weight or its owner/mask: `part`) in the memory format `layout` gives it."""
+    if layout == "channels_last" or layout == f"channels_last {part}":
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def _conv_input(p, dtype, g):
@@ -240,20 +252,21 @@ def _conv_input(p, dtype, g):
 def test_conv2d_matches_reference(dtype, p):
     g = torch.Generator().manual_seed(p["seed"])
     x = _conv_input(p, dtype, g)
-    w = _leaf(torch.randn(p["cout"], p["cin"] // p["groups"], *p["kernel"], generator=g), dtype)
+    w = torch.randn(p["cout"], p["cin"] // p["groups"], *p["kernel"], generator=g)
+    w = _leaf(_in_layout(w, p["weight_layout"], "weight"), dtype)
     b = _leaf(torch.randn(p["cout"], generator=g), dtype) if p["bias"] else None
     om = {None: None, "channel": (torch.rand(p["cout"], generator=g) > 0.3).to(dtype),
           "sample": _leaf(torch.rand(p["batch"], p["cout"], generator=g), dtype)}[p["out_mask"]]
     geometry = (p["stride"], p["padding"], p["dilation"], p["groups"])
     mask = None
     if p["kind"] == "task":
-        owner = owner_map(w.shape, generator=g)
+        owner = _in_layout(owner_map(w.shape, generator=g), p["weight_layout"], "owner")
         task = torch.randint(1, 4, (p["batch"],), generator=g) if p["per_sample"] else p["task"]
 
         def op(module, x, w, b, om, mask):
             return module.task_conv2d(x, w, owner, task, b, *geometry, out_mask=om)
     else:
-        mask = torch.rand(w.shape, generator=g)
+        mask = _in_layout(torch.rand(w.shape, generator=g), p["weight_layout"], "owner")
         mask = _leaf(mask, dtype) if p["kind"] == "soft" else (mask > 0.5).to(torch.uint8)
 
         def op(module, x, w, b, om, mask):
@@ -411,7 +424,8 @@ def _block_owner(shape, hidden_fraction, generator, block=(32, 64)):
 @pytest.mark.parametrize("geometry", [dict(), dict(stride=2, padding=1), dict(padding=(2, 1), dilation=2),
                                       dict(kernel=1)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_conv_of_visible_blocks_matches_reference(geometry, layout):
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+def test_conv_of_visible_blocks_matches_reference(geometry, layout, weight_layout):
     """Convolutions whose task cannot see a quarter or more of the weight's blocks run as
     products of the visible blocks only; at stride 1 the 20 x 17 output splits into pixel chunks."""
     g = torch.Generator().manual_seed(2)
@@ -420,9 +434,10 @@ def test_conv_of_visible_blocks_matches_reference(geometry, layout):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    w = torch.randn(70, 40, kernel, kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(70, 40, kernel, kernel, generator=g, dtype=torch.float64)
+    w = _in_layout(w, weight_layout, "weight").requires_grad_()
     b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True)
-    owner = _block_owner(w.shape, 0.5, g)
+    owner = _in_layout(_block_owner(w.shape, 0.5, g), weight_layout, "owner")
     assert maskops._C.cached_visible_blocks(owner, 2).eq(0).double().mean() >= 0.25  # the block path
     for task in (2, torch.tensor([1, 2, 2])):
         with maskops.use_backend("cpu"):
@@ -453,6 +468,33 @@ def test_conv_reads_task_bit_maps_and_rebuilds_them(simd, dtype):
             expected = reference.task_conv2d(x, w, owner, task, padding=1)
             assert_close_all(got, [expected] + grads(expected, [x, w]), dtype)
         owner[:12] = owner[:12].flip(1)  # a new version of the same owner
+
+
+def test_channels_last_owner_bit_maps_follow_its_memory_order():
+    """A channels_last owner's cached 1-bit map packs its rows (out, kh, kw, in) as they lie
+    in memory, so that a channels_last weight is masked as one run; it is built once."""
+    owner = owner_map((8, 32, 3, 3), generator=torch.Generator().manual_seed(1))
+    channels_last = owner.contiguous(memory_format=torch.channels_last)
+    bits = _C.cached_visible_bits(channels_last, 2)
+    assert bits is _C.cached_visible_bits(channels_last, 2)
+    torch.testing.assert_close(bits, ops.pack_visible(owner.permute(0, 2, 3, 1).reshape(8, -1), 2))
+    torch.testing.assert_close(_C.cached_visible_bits(owner, 2), ops.pack_visible(owner.reshape(8, -1), 2))
+    torch.testing.assert_close(_C.cached_visible_blocks(channels_last, 2), _C.cached_visible_blocks(owner, 2))
+
+
+def test_conv_weight_grad_of_channels_last_weights_is_contiguous():
+    """The weight gradient op keeps the shape and layout its fake kernel states."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 32, 5, 5, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, 8, 5, 5, generator=g, dtype=torch.float64)
+    owner = owner_map((8, 32, 3, 3), generator=g)
+    geometry = ([1, 1], [1, 1], [1, 1], 1)
+    got = [ops.conv2d_grad_weight(grad, x, int(Mode.trainable), o, None, 2, None, None, None,
+                                  [8, 32, 3, 3], *geometry, CPU)
+           for o in (owner, owner.contiguous(memory_format=torch.channels_last))]
+    assert all(gw.is_contiguous() for gw in got)
+    torch.testing.assert_close(got[0], got[1])
+    assert torch.all(got[1][owner != 2] == 0)
 
 
 @pytest.mark.parametrize("task", [2, "mixed"])
