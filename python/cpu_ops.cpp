@@ -366,6 +366,23 @@ Tensor block_conv(const Tensor& x_in, const Tensor& weight, const Selection& s, 
   return y.view({B, Cout, shape.out_height(), shape.out_width()});
 }
 
+// Convolutions of few pixels with a 1x1 kernel, stride 1 and no padding, over channels_last
+// images: a linear layer over the pixels (rows of the images' memory), which masks the weight
+// on load or in panels that stay in cache instead of in a whole copy per call.  Measured (AMD
+// EPYC, AVX-512, 2 threads, batch 1, 64 MB of distinct weights per shape so that each call
+// reads its weight from memory; conv time / linear time): at 49 pixels 1.26x (64x256),
+// 1.42x (256x64), 0.87x (256x1024), 1.09x (1024x256), 1.77x (512x2048), 1.22x (2048x512),
+// 1.50x (96x576); at 64 pixels 0.94-1.58x; at 100 pixels 0.55-1.57x, large weights losing.
+// torchvision resnet50, batch 1, 224x224: 0.822x -> 0.864x of the cached copies.
+constexpr int64_t kPixelRows = 64;
+
+bool pixels_as_rows(const Tensor& x, const Tensor& weight, const ConvGeometry& g) {
+  return g.groups == 1 && weight.size(2) == 1 && weight.size(3) == 1 &&
+         g.stride == std::array<int64_t, 2>{1, 1} && g.padding == std::array<int64_t, 2>{0, 0} &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+         x.size(0) * x.size(2) * x.size(3) <= kPixelRows;
+}
+
 // A linear backward product of grad (M, N) and `operand` into a new `shape` result:
 // run(grad, M, N, operand, K, visibility, groups, out, gemm) with K = operand.size(1).
 template <class Run>
@@ -469,6 +486,16 @@ class CpuKernels final : public Kernels {
   Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Selection& s,
                         const OptTensor& bias, const OptTensor& out_mask,
                         const ConvGeometry& g) const override {
+    if (pixels_as_rows(x, weight, g)) {
+      const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), N = weight.size(0);
+      const OptTensor m = out_mask.has_value() && out_mask->dim() == 2
+                              ? OptTensor(out_mask->repeat_interleave(H * W, 0))
+                              : out_mask;
+      return linear_forward(x.permute({0, 2, 3, 1}).reshape({B * H * W, C}), weight.view({N, C}), s,
+                            H * W, bias, m)
+          .view({B, H, W, N})
+          .permute({0, 3, 1, 2});
+    }
     const std::vector<ImageGroup> groups = image_groups(s, x.size(0));
     const Blocks blocks(s, groups);
     std::vector<std::pair<ImageGroup, Tensor>> parts;

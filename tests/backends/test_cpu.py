@@ -279,6 +279,34 @@ def test_conv2d_matches_reference(dtype, p):
         assert torch.all(got[2][~_selected(owner, task)] == 0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("images", [(1, 8, 8), (3, 4, 5), (1, 9, 9)])  # 64, 60 pixels: rows; 81: conv
+@pytest.mark.parametrize("kind", ["task", "mixed", "uint8", "soft"])
+def test_pointwise_conv_of_few_pixels_matches_reference(dtype, images, kind):
+    """1x1 convolutions (stride 1, no padding) of at most 64 channels_last pixels run as a
+    linear layer over the pixels; the rest as convolutions."""
+    g = torch.Generator().manual_seed(6)
+    batch, h, w_ = images
+    x = _leaf(torch.randn(batch, 64, h, w_, generator=g).contiguous(memory_format=torch.channels_last), dtype)
+    w = _leaf(torch.randn(40, 64, 1, 1, generator=g), dtype)
+    b = _leaf(torch.randn(40, generator=g), dtype)
+    om = _leaf(torch.rand(batch, 40, generator=g), dtype)
+    if kind in ("task", "mixed"):
+        owner = owner_map(w.shape, generator=g)
+        task = torch.randint(1, 4, (batch,), generator=g) if kind == "mixed" else 2
+
+        def op(module, x, w, b, om, mask):
+            return module.task_conv2d(x, w, owner, task, b, out_mask=om)
+    else:
+        mask = torch.rand(w.shape, generator=g)
+        mask = _leaf(mask, dtype) if kind == "soft" else (mask > 0.5).to(torch.uint8)
+
+        def op(module, x, w, b, om, mask):
+            return module.masked_conv2d(x, w, mask, b, out_mask=om)
+    got = _check_against_reference(op, [x, w, b, om, None if kind in ("task", "mixed") else mask], dtype)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_conv2d_frozen_layer_gets_zero_weight_grad():
     """A task that owns nothing in a layer: no weight gradient is computed, all zeros."""
     x = torch.randn(3, 4, 6, 6)
