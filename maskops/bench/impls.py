@@ -54,10 +54,13 @@ def _masked(owner: torch.Tensor, task: int, weight: torch.Tensor) -> torch.Tenso
 def build(name: str, case: Case, inputs: Inputs) -> Impl:
     """A zero-argument callable computing the case's output with implementation `name`."""
     x, weight, owner = inputs.x, inputs.weight, inputs.owner
-    if name in ("naive", "loop", "cached"):
-        if case.channels_last:
-            # cuDNN wants channels_last weights with channels_last inputs: the baselines get them.
-            weight, owner = (t.contiguous(memory_format=torch.channels_last) for t in (weight, owner))
+    baseline = name in ("naive", "loop", "cached")
+    if case.channels_last and (baseline or x.device.type == "cpu"):
+        # cuDNN and oneDNN want channels_last weights with channels_last inputs: the baselines
+        # get them, and on the CPU maskops too, whose kernels mask them as they lie (what
+        # model.to(memory_format=torch.channels_last) gives a converted model).
+        weight, owner = (t.contiguous(memory_format=torch.channels_last) for t in (weight, owner))
+    if baseline:
         dense = _dense_op(case, inputs)
     if name == "naive":
         task = inputs.groups[0][1]
