@@ -184,6 +184,25 @@ void many_rows_forward(const T* xg, int64_t m, int64_t K, const T* wp, const Vis
   }
 }
 
+// A group of more than kFusedMaxRows rows times the whole (small) weight: one masked copy,
+// made on every thread, and one product from the calling thread.  Whether x has non-finite
+// rows matters only when the task sees nothing.
+template <class T>
+void whole_weight_forward(const T* xg, int64_t m, int64_t K, const T* w, const Vis<T>& v,
+                          unsigned task, int64_t N, T* yg, int64_t ldy, Gemm<T> gemm) {
+  if (v.mode == Mode::dense) {
+    gemm(false, true, m, N, K, xg, K, w, K, T(0), yg, ldy);
+    return;
+  }
+  T* masked = thread_scratch<T>(N * K);
+  if (mask_array(w, v, task, N * K, masked)) {
+    gemm(false, true, m, N, K, xg, K, masked, K, T(0), yg, ldy);
+    return;
+  }
+  zero_block(yg, ldy, m, N);
+  skipped_block(yg, ldy, m, N, nonfinite_rows(xg, K, m, K).data());
+}
+
 // linear_forward with weights of type W and x, y of type T: the same, or bfloat16 weights
 // with fp32 x and y when every group runs the fused kernels.
 template <class T, class W>
@@ -201,9 +220,6 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
   const int64_t panels = ceil_div(N, panel);
   const int64_t block_cols = block_grid(K, kBlockCols);
   const std::vector<KRange> everything = {{0, K}};
-  // Skipped products: panels the task cannot see, and blocks the fused kernels leave out.
-  const bool skips = blocks != nullptr || !all_fused(groups);
-  const std::vector<char> nonfinite = skips ? nonfinite_rows(xs.data, K, M, K) : std::vector<char>(M);
 
   if constexpr (std::is_same_v<T, W>) {
     const bool all_large = std::all_of(groups.groups.begin(), groups.groups.end(),
@@ -211,8 +227,7 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
     if (all_large && int64_t(sizeof(W)) * N * K <= kWholeWeightBytes) {
       for (const TaskGroup& g : groups.groups) {
         T* yg = ys.data + g.begin * N;
-        many_rows_forward(xs.data + g.begin * K, g.size(), K, w, vis, g.task, nullptr, N, yg, N,
-                          nonfinite.data() + g.begin, gemm);
+        whole_weight_forward(xs.data + g.begin * K, g.size(), K, w, vis, g.task, N, yg, N, gemm);
         if (epilogue_here)
           for (int64_t r = 0; r < g.size(); ++r) epilogue.apply(yg + r * N, g.begin + r, 0, N);
       }
@@ -220,6 +235,10 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
       return;
     }
   }
+
+  // Skipped products: panels the task cannot see, and blocks the fused kernels leave out.
+  const bool skips = blocks != nullptr || !all_fused(groups);
+  const std::vector<char> nonfinite = skips ? nonfinite_rows(xs.data, K, M, K) : std::vector<char>(M);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t p = 0; p < panels; ++p) {
