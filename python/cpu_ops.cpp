@@ -174,9 +174,10 @@ void for_weight_dtype(const Tensor& w, F&& fn) {
     for_dtype(w, fn);
 }
 
-// A tensor shaped and laid out like `t` (dense) in memory this thread reuses from call to call: a fresh
-// weight-sized allocation page-faults on every call (a 32 MB copy: 16 ms, as long as the
-// bfloat16 product it feeds, M = 256, N = K = 4096).  Valid until the thread's next call.
+// A tensor shaped and laid out like `t` (dense) in memory this thread reuses from call to
+// call: a fresh weight-sized allocation page-faults on every call (a 32 MB copy: 16 ms, as
+// long as the bfloat16 product it feeds, M = 256, N = K = 4096).  Valid until the thread's
+// next call.
 Tensor reused_like(const Tensor& t) {
   thread_local Tensor buffer;
   const int64_t bytes = t.numel() * t.element_size();
