@@ -50,6 +50,12 @@ struct ConvGeometry {
   int64_t groups;
 };
 
+// Whether `t` is 4-D and dense in channels_last but not in (out, in, kh, kw) order (a 1x1
+// kernel is both): what model.to(memory_format=torch.channels_last) makes of a conv weight.
+inline bool channels_last_only(const Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // "torch.float16" etc., as Python prints dtypes.
 std::string dtype_name(at::ScalarType dtype);
 

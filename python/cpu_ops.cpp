@@ -224,8 +224,8 @@ Tensor conv_weight(const Tensor& weight, const Selection& s, int task, const Ten
 // The layout a conv selection's owner or mask is dense in (contiguous when it has neither).
 at::MemoryFormat selection_format(const Selection& s) {
   const Tensor& t = s.owner.defined() ? s.owner : s.mask;
-  return t.defined() && t.dim() == 4 && !t.is_contiguous() ? at::MemoryFormat::ChannelsLast
-                                                           : at::MemoryFormat::Contiguous;
+  return t.defined() && channels_last_only(t) ? at::MemoryFormat::ChannelsLast
+                                              : at::MemoryFormat::Contiguous;
 }
 
 // The selection of a 16-bit call as the fp32 kernels take it (a floating mask in fp32).

@@ -69,8 +69,7 @@ using at::MemoryFormat;
 // The layout a conv weight (or, for the weight gradient, its owner or mask) reaches kernels
 // `k` in: channels_last where it is so and `k` reads such weights, else contiguous.
 MemoryFormat conv_format(const Kernels& k, const Tensor& weight_like) {
-  return k.reads_channels_last_weights() && weight_like.dim() == 4 && !weight_like.is_contiguous() &&
-                 weight_like.is_contiguous(MemoryFormat::ChannelsLast)
+  return k.reads_channels_last_weights() && channels_last_only(weight_like)
              ? MemoryFormat::ChannelsLast
              : MemoryFormat::Contiguous;
 }

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "args.h"
 #include "csrc/cpu/blocks.h"
 #include "csrc/modes.h"
 
@@ -79,8 +80,7 @@ at::Tensor cached(const at::Tensor& owner, int64_t task, Derived kind, Build&& b
 }  // namespace
 
 at::Tensor cached_visible_bits(const at::Tensor& owner, int64_t task) {
-  const bool channels_last = owner.dim() == 4 && !owner.is_contiguous() &&
-                             owner.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = channels_last_only(owner);
   return cached(owner, task, channels_last ? Derived::channels_last_bits : Derived::bits, [&] {
     // Rows of (out, kh, kw, in) for a channels_last owner: a view, in memory order.
     const at::Tensor rows = channels_last ? owner.permute({0, 2, 3, 1}) : owner;
