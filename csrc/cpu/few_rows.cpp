@@ -1,5 +1,6 @@
 #include "few_rows.h"
 
+#include <stdexcept>
 #include <type_traits>
 
 #include "fused_isa.h"
@@ -13,14 +14,32 @@ void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W*
   MASKOPS_CALL_FUSED(few_rows_forward, x, ldx, rows_x, w, v, K, ranges, task, rows_w, y, ldy)
 }
 
-template <class W>
-int64_t few_rows_forward_rows() {
-  return std::is_same_v<W, bf16> && active_isa() == Isa::avx512bf16 ? kWideRows : kFewRows;
+bool dot_forward_takes(const Vis<bf16>& v) {
+  return active_isa() == Isa::avx512bf16 && !(v.mode == Mode::mask && v.soft);
 }
-template int64_t few_rows_forward_rows<float>();
-template int64_t few_rows_forward_rows<double>();
-template int64_t few_rows_forward_rows<bf16>();
-template int64_t few_rows_forward_rows<f16>();
+
+void dot_forward(const bf16* x, int64_t ldx, int64_t rows_x, const bf16* w, const Vis<bf16>& v,
+                 int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
+                 float* y, int64_t ldy) {
+  if (!dot_forward_takes(v) || rows_x > kWideRows)
+    throw std::invalid_argument("dot_forward: not on the avx512bf16 level, soft masks, or too many rows");
+#ifdef MASKOPS_HAVE_X86_KERNELS
+  avx512::dot_forward(x, ldx, rows_x, w, v, K, ranges, task, rows_w, y, ldy);
+#endif
+}
+
+int64_t dot_row_stride(int64_t K) {
+  constexpr int64_t line = 64 / int64_t(sizeof(bf16));
+  return (K + line - 1) / line * line + line;
+}
+
+void narrow_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, bf16* out, int64_t ldo) {
+#ifdef MASKOPS_HAVE_X86_KERNELS
+  if (active_isa() == Isa::avx512bf16) return avx512::narrow_rows(x, ldx, rows, K, out, ldo);
+#endif
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t k = 0; k < K; ++k) out[m * ldo + k] = to_bf16(x[m * ldx + k]);
+}
 
 template <class T>
 void few_rows_grad_input(const T* g, int64_t ldg, int64_t rows_g, const T* w, const Vis<T>& v,

@@ -11,9 +11,8 @@
 namespace maskops::cpu {
 
 constexpr int64_t kFewRows = 4;
-// Rows of x a few_rows_forward call takes for bfloat16 weights on the avx512bf16 level, whose
-// dot products leave registers for more rows (few_rows_forward_rows).
-constexpr int64_t kWideRows = 8;
+// Rows of x a dot_forward call takes.
+constexpr int64_t kWideRows = 16;
 
 // A range [begin, end) of the K dimension; `full` when every weight in it is selected for
 // every row the kernel is given, so the mask need not be read.
@@ -42,12 +41,7 @@ void with_rule_and_rows(const Vis<T>& v, int64_t rows, F&& f) {
   });
 }
 
-// How many rows of x one few_rows_forward call on W weights takes: kFewRows, or kWideRows.
-template <class W>
-int64_t few_rows_forward_rows();
-
-// y[m, r] = sum over k in `ranges` of x[m, k] * w_eff[r, k] for m < rows_x
-// (<= few_rows_forward_rows<W>()),
+// y[m, r] = sum over k in `ranges` of x[m, k] * w_eff[r, k] for m < rows_x (<= kFewRows),
 // r < rows_w: the ranges (ascending, disjoint) hold every k whose weight counts, usually
 // just [0, K).  w and v start at the block's first weight row; weight rows have K elements.
 // x and y are in the accumulator type (fp32 for bfloat16 weights).
@@ -55,6 +49,20 @@ template <class W>
 void few_rows_forward(const accum_t<W>* x, int64_t ldx, int64_t rows_x, const W* w,
                       const Vis<W>& v, int64_t K, const std::vector<KRange>& ranges, unsigned task,
                       int64_t rows_w, accum_t<W>* y, int64_t ldy);
+
+// bfloat16 weights on the avx512bf16 level (isa.h), in every mode but soft masks: AVX-512
+// BF16 dot products read x in bfloat16 and read the weights once for all its rows.
+bool dot_forward_takes(const Vis<bf16>& v);
+// few_rows_forward for bfloat16 x (rows ldx apart, rows_x <= kWideRows) where
+// dot_forward_takes(v); sums in fp32.
+void dot_forward(const bf16* x, int64_t ldx, int64_t rows_x, const bf16* w, const Vis<bf16>& v,
+                 int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
+                 float* y, int64_t ldy);
+// The row stride dot_forward runs fastest with for rows of K elements: rows that start in
+// different cache sets.
+int64_t dot_row_stride(int64_t K);
+// x rounded to bfloat16 (exact where the values came from bfloat16), rows ldo apart.
+void narrow_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, bf16* out, int64_t ldo);
 
 // gx[m, c] += sum_r g[m, r] * w_eff[r, c] for m < rows_g (<= kFewRows), r < rows_w,
 // c < cols.  w and v start at the block's first element; weight rows have ldw elements.

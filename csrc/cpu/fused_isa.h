@@ -47,6 +47,13 @@ MASKOPS_DECLARE_FUSED(generic)
 #ifdef MASKOPS_HAVE_X86_KERNELS
 MASKOPS_DECLARE_FUSED(avx2)
 MASKOPS_DECLARE_FUSED(avx512)
+// The avx512bf16 level's bfloat16 dot products (few_rows.h), in the avx512 copy.
+namespace maskops::cpu::avx512 {
+void dot_forward(const bf16* x, int64_t ldx, int64_t rows_x, const bf16* w, const Vis<bf16>& v,
+                 int64_t K, const std::vector<KRange>& ranges, unsigned task, int64_t rows_w,
+                 float* y, int64_t ldy);
+void narrow_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, bf16* out, int64_t ldo);
+}  // namespace maskops::cpu::avx512
 #endif
 
 // `return ns::fn(args)` with ns the active instruction set's namespace.

@@ -21,6 +21,7 @@ namespace {
 // kFewRows rows; larger groups mask a weight panel into scratch and call gemm.  Measured
 // (fp32, K = N = 4096): fused is faster up to about 16 rows, gemm from about 32.
 constexpr int64_t kFusedMaxRows = 16;
+static_assert(kWideRows >= kFusedMaxRows, "dot_forward takes every fused group whole");
 // Weight panel sizes: fused chunks re-read their panel from L2; gemm wants large panels,
 // since BLAS repacks the activations on every call.
 constexpr int64_t kFusedPanelBytes = 128 << 10;
@@ -239,6 +240,16 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
   // Skipped products: panels the task cannot see, and blocks the fused kernels leave out.
   const bool skips = blocks != nullptr || !all_fused(groups);
   const std::vector<char> nonfinite = skips ? nonfinite_rows(xs.data, K, M, K) : std::vector<char>(M);
+  // bfloat16 dot products read x in bfloat16: rounded back once per call (exact, since the op
+  // widened bfloat16 x), not once per weight panel.
+  std::vector<bf16> narrowed;
+  const int64_t ldn = dot_row_stride(K);
+  if constexpr (std::is_same_v<W, bf16>) {
+    if (all_fused(groups) && dot_forward_takes(vis)) {
+      narrowed.resize(M * ldn);
+      narrow_rows(xs.data, K, M, K, narrowed.data(), ldn);
+    }
+  }
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
   for (int64_t p = 0; p < panels; ++p) {
@@ -259,13 +270,19 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
       // elements per row): chunks of rows of x re-read the weights of `sub` rows from cache.
       // (Masking the sub-panel once into scratch for all chunks ran slower: bfloat16, 16 rows,
       // N = K = 4096, 7.1 -> 10.5 ms; fp32 9.4 -> 12.5 ms.)
-      const int64_t chunk = few_rows_forward_rows<W>();
       auto fused = [&](int64_t r0, int64_t r1, const std::vector<KRange>& ranges, int64_t visible) {
+        if constexpr (std::is_same_v<W, bf16>) {
+          if (!narrowed.empty()) {  // every row of x in one call
+            dot_forward(narrowed.data() + g.begin * ldn, ldn, m, wp + r0 * K, vp.at(r0 * K), K,
+                        ranges, g.task, r1 - r0, yg + r0, N);
+            return;
+          }
+        }
         const int64_t sub = std::clamp<int64_t>(
             kFusedPanelBytes / std::max<int64_t>(1, visible * int64_t(sizeof(W))), 1, r1 - r0);
         for (int64_t s0 = r0; s0 < r1; s0 += sub)
-          for (int64_t r = 0; r < m; r += chunk)
-            few_rows_forward(xg + r * K, K, std::min(chunk, m - r), wp + s0 * K, vp.at(s0 * K),
+          for (int64_t r = 0; r < m; r += kFewRows)
+            few_rows_forward(xg + r * K, K, std::min(kFewRows, m - r), wp + s0 * K, vp.at(s0 * K),
                              K, ranges, g.task, std::min(sub, r1 - s0), yg + r * N + s0, N);
       };
       if (m <= kFusedMaxRows && map == nullptr) {

@@ -1,4 +1,5 @@
 // Unit test of the torch-free CPU kernels against naive loops.  Exit status 1 on a mismatch.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -285,6 +286,61 @@ void check_16bit() {
   }
 }
 
+// Whether task 2 sees a weight (naive_effective's rule, without the weight).
+double seen(Mode mode, uint8_t owner, uint8_t binary) {
+  switch (mode) {
+    case Mode::visible: return owner > 0 && owner <= 2;
+    case Mode::trainable: return owner == 2;
+    case Mode::mask: return binary != 0;
+    default: return 1;
+  }
+}
+
+// dot_forward (the avx512bf16 level) in every mode it takes: rows of x on both sides of its
+// passes, weight rows in groups of 8, 4, 2 and 1, K ranges with tails and a full one.
+void check_dot_forward() {
+  const int64_t N = 15, K = 230;
+  const std::vector<KRange> ranges = {{0, 64, true}, {70, 135}, {160, 230}};
+  auto owner = random_bytes(N * K, 3);
+  auto binary = random_bytes(N * K, 1);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < 64; ++k) owner[n * K + k] = 2, binary[n * K + k] = 1;  // full range
+  const auto bits = visible_bits(owner, 2);
+  const auto values = random_values<float>(N * K);
+  std::vector<bf16> w(N * K);
+  for (int64_t i = 0; i < N * K; ++i) w[i] = to_bf16(values[i]);
+  for (Mode mode : {Mode::dense, Mode::visible, Mode::trainable, Mode::mask})
+    for (bool use_bits : {false, true}) {
+      if (use_bits && mode != Mode::visible) continue;
+      Vis<bf16> v;
+      v.mode = mode;
+      v.owner = owner.data();
+      v.binary = binary.data();
+      if (use_bits) v.bits = bits.data();
+      for (int64_t M : {1, 2, 3, 7, 16}) {
+        const int64_t ldx = dot_row_stride(K);
+        std::vector<bf16> x(M * ldx);
+        const auto xv = random_values<float>(M * ldx);
+        for (int64_t i = 0; i < M * ldx; ++i) x[i] = to_bf16(xv[i]);
+        std::vector<float> y(M * N, -1.f), want(M * N, 0.f);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double sum = 0;
+            for (const KRange& range : ranges)
+              for (int64_t k = range.begin; k < range.end; ++k)
+                sum += double(widen(x[m * ldx + k])) * widen(w[n * K + k]) *
+                       seen(mode, owner[n * K + k], binary[n * K + k]);
+            want[m * N + n] = float(sum);
+          }
+        dot_forward(x.data(), ldx, M, w.data(), v, K, ranges, 2, N, y.data(), N);
+        char what[64];
+        std::snprintf(what, sizeof what, "dot_forward mode %d%s M=%lld", int(mode),
+                      use_bits ? " (bits)" : "", (long long)M);
+        expect_close(what, y, want, 1e-4);
+      }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -315,6 +371,13 @@ int main() {
           check_linear<double>(c, 1e-9);
           check_linear<float>(c, 1e-3);
         }
+  }
+  const auto isas = supported_isas();
+  if (std::find(isas.begin(), isas.end(), Isa::avx512bf16) != isas.end()) {
+    set_isa(Isa::avx512bf16);
+    check_dot_forward();
+  } else {
+    std::printf("dot_forward not checked: this CPU lacks AVX-512 BF16\n");
   }
   // Conv output channels scaled in both memory layouts: (B=2, C=3, P=4).
   std::vector<float> nchw(24, 1.f), nhwc(24, 1.f), mask = {1, 2, 3, 4, 5, 6};
