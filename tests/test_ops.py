@@ -437,12 +437,14 @@ def test_nonfinite_invisible_weights_never_reach_the_output(backend, op):
 @pytest.mark.parametrize("backend", op_backends())
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
 @pytest.mark.parametrize("hidden", [32, 64])
-def test_nonfinite_rows_of_x_follow_dense_math(backend, rows, hidden):
-    """A row of x holding NaN or inf gives what x @ (w * visible).T gives -- NaN in every output
-    where it holds a NaN -- on every path, including products skipped as invisible (the first
-    `hidden` outputs see nothing of task 2; 64: the whole weight)."""
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_nonfinite_rows_of_x_follow_dense_math(backend, rows, hidden, with_bias):
+    """A row of x holding NaN or inf gives what x @ (w * visible).T + bias gives -- NaN in every
+    output where it holds a NaN -- on every path, including products skipped as invisible (the
+    first `hidden` outputs see nothing of task 2; 64: the whole weight)."""
     g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 96, generator=g), torch.randn(64, 96, generator=g)
+    bias = torch.randn(64, generator=g) if with_bias else None
     owner = owner_map(w.shape, generator=g)
     owner[:hidden] = 3
     x[0, 5] = float("nan")
@@ -451,10 +453,10 @@ def test_nonfinite_rows_of_x_follow_dense_math(backend, rows, hidden):
     grad = torch.randn(rows, 64, generator=g)
     grad[-1, 3] = float("nan")
     with maskops.use_backend(backend):
-        y = maskops.task_linear(x, w, owner, 2)
+        y = maskops.task_linear(x, w, owner, 2, bias)
         gx = torch.ops.maskops.linear_grad_input(grad, w, int(maskops.modes.Mode.visible), owner,
                                                  None, 2, None, None, None, maskops.backends.current())
-    expected = reference.task_linear(x, w, owner, 2)
+    expected = reference.task_linear(x, w, owner, 2, bias)
     assert torch.equal(torch.isfinite(y), torch.isfinite(expected))
     assert torch.isnan(y[0]).all()
     expected_gx = grad @ (w * reference.visible(owner, 2))

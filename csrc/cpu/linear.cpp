@@ -186,21 +186,26 @@ void many_rows_forward(const T* xg, int64_t m, int64_t K, const T* wp, const Vis
 }
 
 // A group of more than kFusedMaxRows rows times the whole (small) weight: one masked copy,
-// made on every thread, and one product from the calling thread.  Whether x has non-finite
-// rows matters only when the task sees nothing.
+// made on every thread, and one product from the calling thread.  With a bias, y starts as
+// the bias and the product adds to it, as addmm does, instead of a pass over y on one thread
+// afterwards.  Whether x has non-finite rows matters only when the task sees nothing.
 template <class T>
 void whole_weight_forward(const T* xg, int64_t m, int64_t K, const T* w, const Vis<T>& v,
-                          unsigned task, int64_t N, T* yg, int64_t ldy, Gemm<T> gemm) {
+                          unsigned task, int64_t N, const T* bias, T* yg, int64_t ldy,
+                          Gemm<T> gemm) {
+  if (bias)
+    for (int64_t r = 0; r < m; ++r) std::memcpy(yg + r * ldy, bias, sizeof(T) * N);
+  const T beta = bias ? T(1) : T(0);
   if (v.mode == Mode::dense) {
-    gemm(false, true, m, N, K, xg, K, w, K, T(0), yg, ldy);
+    gemm(false, true, m, N, K, xg, K, w, K, beta, yg, ldy);
     return;
   }
   T* masked = thread_scratch<T>(N * K);
   if (mask_array(w, v, task, N * K, masked)) {
-    gemm(false, true, m, N, K, xg, K, masked, K, T(0), yg, ldy);
+    gemm(false, true, m, N, K, xg, K, masked, K, beta, yg, ldy);
     return;
   }
-  zero_block(yg, ldy, m, N);
+  if (!bias) zero_block(yg, ldy, m, N);
   skipped_block(yg, ldy, m, N, nonfinite_rows(xg, K, m, K).data());
 }
 
@@ -226,11 +231,14 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
     const bool all_large = std::all_of(groups.groups.begin(), groups.groups.end(),
                                        [](const TaskGroup& g) { return g.size() > kFusedMaxRows; });
     if (all_large && int64_t(sizeof(W)) * N * K <= kWholeWeightBytes) {
+      Epilogue<T> after = epilogue;  // what is left once the bias is in the product
+      after.bias = nullptr;
       for (const TaskGroup& g : groups.groups) {
         T* yg = ys.data + g.begin * N;
-        whole_weight_forward(xs.data + g.begin * K, g.size(), K, w, vis, g.task, N, yg, N, gemm);
-        if (epilogue_here)
-          for (int64_t r = 0; r < g.size(); ++r) epilogue.apply(yg + r * N, g.begin + r, 0, N);
+        whole_weight_forward(xs.data + g.begin * K, g.size(), K, w, vis, g.task, N,
+                             epilogue_here ? epilogue.bias : nullptr, yg, N, gemm);
+        if (epilogue_here && after.active())
+          for (int64_t r = 0; r < g.size(); ++r) after.apply(yg + r * N, g.begin + r, 0, N);
       }
       ys.finish(y, N, groups, epilogue);
       return;
