@@ -347,8 +347,7 @@ Tensor block_conv(const Tensor& x_in, const Tensor& weight, const Selection& s, 
       const int64_t chunks = std::max<int64_t>(
           1, std::min(L / kMinChunk, (4 * threads + block_rows - 1) / block_rows));
       const int64_t chunk = (L + chunks - 1) / chunks;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-      for (int64_t item = 0; item < block_rows * chunks; ++item) {
+      cpu::parallel_for(block_rows * chunks, threads, cpu::Schedule::dynamic, [&](int64_t item) {
         const int64_t br = item / chunks, p0 = item % chunks * chunk, width = std::min(chunk, L - p0);
         const int64_t r0 = br * cpu::kBlockRows, rows = std::min(cpu::kBlockRows, Cout - r0);
         T* yb = out + r0 * L + p0;
@@ -361,7 +360,7 @@ Tensor block_conv(const Tensor& x_in, const Tensor& weight, const Selection& s, 
                        columns + p.range.begin * L + p0, L, beta, yb, L);
           beta = 1;
         }
-      }
+      });
     }
   });
   if (bias.has_value()) y.add_(bias->view({1, Cout, 1}));

@@ -3,15 +3,16 @@
 #include <algorithm>
 #include <cstring>
 
+#include "parallel.h"
+
 namespace maskops::cpu {
 
 template <class T>
 void im2col(const T* x, const ConvShape& s, const uint8_t* needed, T* columns) {
   const int64_t oh = s.out_height(), ow = s.out_width(), pixels = oh * ow;
   const int64_t rows = s.channels * s.kh * s.kw;
-#pragma omp parallel for schedule(static) if (rows * pixels > (1 << 18))
-  for (int64_t r = 0; r < rows; ++r) {
-    if (needed && !needed[r]) continue;
+  parallel_for(rows, threads_above(rows * pixels, 1 << 18), Schedule::even, [&](int64_t r) {
+    if (needed && !needed[r]) return;
     const int64_t c = r / (s.kh * s.kw), i = r / s.kw % s.kh, j = r % s.kw;
     const T* plane = x + c * s.height * s.width;
     T* out = columns + r * pixels;
@@ -35,7 +36,7 @@ void im2col(const T* x, const ConvShape& s, const uint8_t* needed, T* columns) {
       }
       std::fill(line + x_end, line + ow, T(0));
     }
-  }
+  });
 }
 
 template void im2col<float>(const float*, const ConvShape&, const uint8_t*, float*);

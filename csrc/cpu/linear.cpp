@@ -108,12 +108,11 @@ struct GroupedOutput {
   void finish(T* out, int64_t cols, const TaskGroups& groups, const Epilogue<T>& epilogue) {
     if (!groups.reordered()) return;
     const int64_t rows = int64_t(groups.order.size());
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-    for (int64_t i = 0; i < rows; ++i) {
+    parallel_for(rows, threads_above(rows * cols, 1 << 16), Schedule::even, [&](int64_t i) {
       T* dst = out + groups.order[i] * cols;
       std::memcpy(dst, data + i * cols, sizeof(T) * cols);
       if (epilogue.active()) epilogue.apply(dst, groups.order[i], 0, cols);
-    }
+    });
   }
 };
 
@@ -194,7 +193,8 @@ void whole_weight_forward(const T* xg, int64_t m, int64_t K, const T* w, const V
                           unsigned task, int64_t N, const T* bias, T* yg, int64_t ldy,
                           Gemm<T> gemm) {
   if (bias)
-    for (int64_t r = 0; r < m; ++r) std::memcpy(yg + r * ldy, bias, sizeof(T) * N);
+    parallel_for(m, threads_above(m * N, 1 << 16), Schedule::even,
+                 [&](int64_t r) { std::memcpy(yg + r * ldy, bias, sizeof(T) * N); });
   const T beta = bias ? T(1) : T(0);
   if (v.mode == Mode::dense) {
     gemm(false, true, m, N, K, xg, K, w, K, beta, yg, ldy);
@@ -259,8 +259,7 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
     }
   }
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
-  for (int64_t p = 0; p < panels; ++p) {
+  parallel_for(panels, threads_for(M * N * K), Schedule::dynamic, [&](int64_t p) {
     const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
     const W* wp = w + n0 * K;
     const Vis<W> vp = vis.at(n0 * K);
@@ -313,7 +312,7 @@ void forward(const T* x, int64_t M, int64_t K, const W* w, int64_t N, const Vis<
       if (epilogue_here)
         for (int64_t r = 0; r < m; ++r) epilogue.apply(yg + r * N, g.begin + r, n0, rows_w);
     }
-  }
+  });
   ys.finish(y, N, groups, epilogue);
 }
 
@@ -360,23 +359,28 @@ void grad_input_by_rows(const T* gs, int64_t M, int64_t N, const T* w, int64_t K
   std::memset(gxs, 0, sizeof(T) * M * K);
   const int64_t panel = block_size(N, kFusedPanelBytes / int64_t(sizeof(T) * K), 8);
   const int64_t panels = ceil_div(N, panel);
+  auto panel_into = [&](int64_t p, T* out) {
+    const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
+    for (const TaskGroup& g : groups.groups)
+      for (int64_t r = g.begin; r < g.end; r += kFewRows)
+        few_rows_grad_input(gs + r * N + n0, N, std::min(kFewRows, g.end - r), w + n0 * K,
+                            vis.at(n0 * K), K, g.task, rows_w, K, out + r * K, K);
+  };
+  if (threads == 1) {  // no OpenMP region of one thread (parallel_for)
+    for (int64_t p = 0; p < panels; ++p) panel_into(p, gxs);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     const int id = thread_id();
     T* out = id == 0 ? gxs : partials.data() + (id - 1) * M * K;
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t n0 = p * panel, rows_w = std::min(panel, N - n0);
-      for (const TaskGroup& g : groups.groups)
-        for (int64_t r = g.begin; r < g.end; r += kFewRows)
-          few_rows_grad_input(gs + r * N + n0, N, std::min(kFewRows, g.end - r), w + n0 * K,
-                              vis.at(n0 * K), K, g.task, rows_w, K, out + r * K, K);
-    }
+    for (int64_t p = 0; p < panels; ++p) panel_into(p, out);
   }
   const int64_t size = M * K;
-#pragma omp parallel for schedule(static) if (size * threads > (1 << 16))
-  for (int64_t i = 0; i < size; ++i)
+  parallel_for(size, threads_above(size * threads, 1 << 16), Schedule::even, [&](int64_t i) {
     for (int t = 0; t + 1 < threads; ++t) gxs[i] += partials[t * size + i];
+  });
 }
 
 // Input gradient by column blocks of gx: weight tiles masked into scratch for gemm (large
@@ -390,8 +394,7 @@ void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_
   const std::vector<char> nonfinite =
       all_fused(groups) ? std::vector<char>(M) : nonfinite_rows(gs, N, M, N);
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads_for(M * N * K), Schedule::dynamic, [&](int64_t b) {
     const int64_t k0 = b * cols, kc = std::min(cols, K - k0);
     zero_block(gxs + k0, K, M, kc);
     for (int64_t n0 = 0; n0 < N; n0 += rows) {
@@ -417,7 +420,7 @@ void grad_input_by_columns(const T* gs, int64_t M, int64_t N, const T* w, int64_
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -451,8 +454,7 @@ void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t
   const int64_t col_tiles = ceil_div(K, tile_cols);
   const int64_t tiles = ceil_div(N, tile_rows) * col_tiles;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(M * N * K))
-  for (int64_t t = 0; t < tiles; ++t) {
+  parallel_for(tiles, threads_for(M * N * K), Schedule::dynamic, [&](int64_t t) {
     const int64_t n0 = (t / col_tiles) * tile_rows, k0 = (t % col_tiles) * tile_cols;
     const int64_t nt = std::min(tile_rows, N - n0), kt = std::min(tile_cols, K - k0);
     T* out = gw + n0 * K + k0;
@@ -474,7 +476,7 @@ void linear_grad_weight(const T* grad, int64_t M, int64_t N, const T* x, int64_t
       }
     }
     if (!written) zero_block(out, K, nt, kt);
-  }
+  });
 }
 
 #define MASKOPS_INSTANTIATE(T)                                                                  \

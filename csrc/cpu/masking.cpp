@@ -1,6 +1,7 @@
 #include "masking.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "fused_isa.h"
 #include "parallel.h"
@@ -75,43 +76,39 @@ void add_masked(const T* src, int64_t lds, const Vis<T>& v, int64_t ldv, unsigne
 template <class T>
 bool mask_array(const T* w, const Vis<T>& v, unsigned task, int64_t count, T* out) {
   const int64_t chunks = (count + kArrayChunk - 1) / kArrayChunk;
-  int any = 0;
-#pragma omp parallel for schedule(static) reduction(| : any) if (chunks > 1)
-  for (int64_t i = 0; i < chunks; ++i) {
+  std::vector<char> any(chunks, 0);
+  parallel_for(chunks, max_threads(), Schedule::even, [&](int64_t i) {
     const int64_t begin = i * kArrayChunk, size = std::min(kArrayChunk, count - begin);
-    any |= mask_block(w + begin, size, v.at(begin), size, task, 1, size, out + begin, size);
-  }
-  return any != 0;
+    any[i] = mask_block(w + begin, size, v.at(begin), size, task, 1, size, out + begin, size);
+  });
+  return std::find(any.begin(), any.end(), 1) != any.end();
 }
 
 template <class T>
 void add_masked_array(const T* src, const Vis<T>& v, unsigned task, int64_t count, T* dst) {
   const int64_t chunks = (count + kArrayChunk - 1) / kArrayChunk;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t i = 0; i < chunks; ++i) {
+  parallel_for(chunks, max_threads(), Schedule::even, [&](int64_t i) {
     const int64_t begin = i * kArrayChunk, size = std::min(kArrayChunk, count - begin);
     add_masked(src + begin, size, v.at(begin), size, task, 1, size, dst + begin, size);
-  }
+  });
 }
 
 template <class T>
 bool mask_array_channels_last(const T* w, const Vis<T>& v, unsigned task, int64_t out_channels,
                               int64_t in_channels, int64_t taps, T* out) {
   const int64_t per_channel = in_channels * taps;
-  int any = 0;
-#pragma omp parallel for schedule(static) reduction(| : any) \
-    num_threads(threads_for(out_channels * per_channel))
-  for (int64_t o = 0; o < out_channels; ++o) {
+  std::vector<char> any(out_channels, 0);
+  parallel_for(out_channels, threads_for(out_channels * per_channel), Schedule::even, [&](int64_t o) {
     T* masked = thread_scratch<T>(per_channel);
     const int64_t begin = o * per_channel;
-    any |= mask_block(w + begin, per_channel, v.at(begin), per_channel, task, 1, per_channel,
-                      masked, per_channel);
+    any[o] = mask_block(w + begin, per_channel, v.at(begin), per_channel, task, 1, per_channel,
+                        masked, per_channel);
     T* dst = out + begin;
     // Rows of dst written whole; the strided reads stay in this thread's cache.
     for (int64_t k = 0; k < taps; ++k)
       for (int64_t i = 0; i < in_channels; ++i) dst[k * in_channels + i] = masked[i * taps + k];
-  }
-  return any != 0;
+  });
+  return std::find(any.begin(), any.end(), 1) != any.end();
 }
 
 #define MASKOPS_INSTANTIATE(T)                                                               \

@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "parallel.h"
+
 namespace maskops::cpu {
 
 void sort_by_task(const int32_t* task, int64_t samples, int64_t* order, int64_t* offsets) {
@@ -62,9 +64,9 @@ template <class T>
 void gather_rows(const T* src, int64_t lds, const std::vector<int64_t>& order, int64_t cols,
                  T* dst, int64_t ldd) {
   const int64_t rows = int64_t(order.size());
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-  for (int64_t i = 0; i < rows; ++i)
+  parallel_for(rows, threads_above(rows * cols, 1 << 16), Schedule::even, [&](int64_t i) {
     std::memcpy(dst + i * ldd, src + order[i] * lds, sizeof(T) * cols);
+  });
 }
 
 template void gather_rows<float>(const float*, int64_t, const std::vector<int64_t>&, int64_t,
