@@ -181,6 +181,22 @@ def test_linear_mixed_tasks_in_one_batch(simd):
     torch.testing.assert_close(gw, ew)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("task", [2, "mixed"])
+def test_16bit_products_of_large_weights_run_in_panels(dtype, task):
+    """More rows than the fused kernels take and a weight larger than one product panel (8 MB):
+    2100 rows of 2048 run as a panel of 2048 rows and a ragged one of 52, each masked in turn."""
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(2100, 2048, generator=g).to(dtype)
+    owner = owner_map(w.shape, generator=g)
+    x, b = torch.randn(60, 2048, generator=g).to(dtype), torch.randn(2100, generator=g).to(dtype)
+    tasks = torch.randint(1, 4, (60,), generator=g) if task == "mixed" else task  # groups of > 16
+    with maskops.use_backend("cpu"):
+        y = maskops.task_linear(x, w, owner, tasks, b)
+    exact = reference.task_linear(x.float(), w.float(), owner, tasks, b.float())
+    assert_no_worse_than_reference([y], [reference.task_linear(x, w, owner, tasks, b)], [exact])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("op_name", ["linear", "conv"])
 def test_samples_sorted_by_task_run_in_place(op_name, dtype):
