@@ -72,15 +72,19 @@ class Runner:
         if padding:
             x = torch.cat([x, x.new_zeros((padding, *x.shape[1:]))])
             tasks = torch.cat([tasks, tasks[:1].expand(padding)])
-        # Sorted by task once here, every layer finds each task's samples in one run in place
-        # instead of gathering and scattering them.
-        order = torch.argsort(tasks, stable=True)
-        in_order = bool((order == torch.arange(len(order))).all())
+        # Routed once here (the ids checked, the samples sorted by task) and run in that order,
+        # so that every layer finds each task's samples side by side, in place; the batch in
+        # task order routes to itself, so its routing is built, not sorted again.
+        routing = maskops.route(tasks)
+        order = routing.order
+        identity = torch.arange(len(order))
+        in_order = torch.equal(order, identity)
         with torch.inference_mode():
             if not in_order:
-                x, tasks = x[order.to(x.device)], tasks[order]
-            self._set_task(tasks)  # checked and routed once, for every layer
+                x = x.index_select(0, order.to(x.device))
+            self._set_task(maskops.Routing(routing.task.index_select(0, order), identity,
+                                           routing.offsets))
             y = self._forward(x)
-            if not in_order:
-                y = y[torch.argsort(order).to(y.device)]
+            if not in_order:  # back to the order of the request
+                y = torch.empty_like(y).index_copy_(0, order.to(y.device), y)
             return y[:batch]
