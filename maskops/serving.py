@@ -80,8 +80,8 @@ class Runner:
         identity = torch.arange(len(order))
         in_order = torch.equal(order, identity)
         with torch.inference_mode():
-            if not in_order:
-                x = x.index_select(0, order.to(x.device))
+            if not in_order:  # indexing keeps x's memory format (index_select would not)
+                x = x[order.to(x.device)]
             self._set_task(maskops.Routing(routing.task.index_select(0, order), identity,
                                            routing.offsets))
             y = self._forward(x)

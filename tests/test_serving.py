@@ -45,6 +45,25 @@ def test_runner_matches_one_sample_at_a_time(batch, compile):
     torch.testing.assert_close(served, expected)
 
 
+def test_runner_keeps_the_memory_format_of_a_shuffled_batch():
+    """Sorting the batch by task keeps it channels_last, so that channels_last models stay on
+    their fast path, and the output comes back in the request's order, in the model's format."""
+    model = maskops.convert(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()))
+    with torch.no_grad():
+        model[0].owner.copy_(torch.randint(1, 4, model[0].owner.shape))
+    model = model.eval().to(memory_format=torch.channels_last)
+    seen = []
+    model[0].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(6, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    tasks = [3, 1, 2, 1, 3, 2]
+    with maskops.use_backend("cpu"):
+        served = Runner(model, batch_sizes=[6])(x, tasks)
+        expected = _one_by_one(model, x, tasks)
+    assert seen[0] and served.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(served, expected)
+
+
 def test_buckets():
     runner = Runner(_model(), batch_sizes=(8, 1, 32))
     assert runner.batch_sizes == [1, 8, 32]
