@@ -185,34 +185,26 @@ Tensor reused_like(const Tensor& t) {
   return at::from_blob(buffer.data_ptr(), t.sizes(), t.strides(), t.options());
 }
 
-// The selection's weight for `task` (the weight itself when dense); a masked copy, in the
-// weight's layout, lives until this thread's next call.
-Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
-  if (s.mode == Mode::dense) return weight;
-  Tensor out = reused_like(weight);
-  const Tensor bits = single_task_bits(s);
-  for_weight_dtype(weight, [&](auto zero) {
-    using T = decltype(zero);
-    cpu::mask_array<T>(ptr<T>(weight), vis_of<T>(s, bits), unsigned(task), weight.numel(),
-                       ptr<T>(out));
-  });
-  return out;
-}
-
-// Rows [n0, n0 + rows) of the selection's 2-D weight for `task` (a view of the weight when
-// dense), in this thread's reused buffer.
+// Rows [n0, n0 + rows) (along dim 0) of the selection's weight for `task`: a view of the
+// weight when dense, else a masked copy in the weight's layout, in this thread's reused buffer
+// (valid until its next call).
 Tensor masked_rows(const Tensor& weight, const Selection& s, int task, int64_t n0, int64_t rows) {
-  const Tensor panel = weight.narrow(0, n0, rows);
+  const Tensor panel = rows == weight.size(0) ? weight : weight.narrow(0, n0, rows);
   if (s.mode == Mode::dense) return panel;
   Tensor out = reused_like(panel);
   const Tensor bits = single_task_bits(s);
-  const int64_t begin = n0 * weight.size(1);
+  const int64_t begin = n0 * weight.stride(0);
   for_weight_dtype(weight, [&](auto zero) {
     using T = decltype(zero);
     cpu::mask_array<T>(ptr<T>(weight) + begin, vis_of<T>(s, bits).at(begin), unsigned(task),
                        panel.numel(), ptr<T>(out));
   });
   return out;
+}
+
+// The selection's whole weight for `task`, as masked_rows gives it.
+Tensor masked_weight(const Tensor& weight, const Selection& s, int task) {
+  return masked_rows(weight, s, task, 0, weight.size(0));
 }
 
 // The masked weight of a convolution over `images`, laid out as oneDNN runs fastest: with a
